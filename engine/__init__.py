@@ -1,0 +1,3 @@
+"""clumpdet.engine: the lean, torch-free runtime (numpy, onnxruntime, astropy, Pillow)."""
+
+__version__ = "0.1.0"
