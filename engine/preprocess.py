@@ -41,9 +41,12 @@ def lupton_rgb_uint8(cube: np.ndarray, spec: LuptonStretch) -> np.ndarray:
         msg = "flux cube contains NaN or inf pixels; repair them before the stretch"
         raise ValueError(msg)
     data = cube.astype(np.float64, copy=False)
-    return make_lupton_rgb(
-        data[0], data[1], data[2], minimum=list(spec.minimum), stretch=spec.stretch, Q=spec.q
-    )
+    # astropy evaluates f(I)/I before masking I <= 0 (np.where), so pixels with zero
+    # intensity warn "invalid value in divide" although the result (0) is right.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return make_lupton_rgb(
+            data[0], data[1], data[2], minimum=list(spec.minimum), stretch=spec.stretch, Q=spec.q
+        )
 
 
 def rgb_uint8_to_input(rgb: np.ndarray) -> np.ndarray:
