@@ -17,7 +17,7 @@ from clumpdet.engine import __version__
 #: name -> (module, extra it needs or None, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str | None, str]] = {
     "detect": ("clumpdet.engine.cli_detect", None, "run an exported model on FITS/PNG cutouts"),
-    "simulate": ("clumpdet.train.cli_simulate", None, "write synthetic cutouts with known truth"),
+    "simulate": ("clumpdet.train.cli_simulate", "train", "write synthetic cutouts with known truth"),
     "predict": ("clumpdet.train.cli_predict", "train", "run the PyTorch reference detector"),
     "export": ("clumpdet.export.cli_export", "export", "export a checkpoint to ONNX/TensorRT"),
     "train": ("clumpdet.train.cli_train", "train", "train a detector"),
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        if err.name and err.name.split(".")[0] in {"torch", "torchvision", "timm", "onnx", "onnxscript"}:
+        if err.name and err.name.split(".")[0] in {"torch", "torchvision", "timm", "onnx", "onnxscript", "scipy", "safetensors"}:
             hint = f"pip install 'clumpdet[{extra}]'" if extra else "reinstall clumpdet"
             print(f"clumpdet {name}: needs {err.name!r}, which is not installed; {hint}", file=sys.stderr)
             return 2
