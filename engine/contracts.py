@@ -176,15 +176,18 @@ class ModelMetadata:
                 f"clumpdet understands ({METADATA_FORMAT_VERSION}); upgrade clumpdet"
             )
             raise ValueError(msg)
-        inp = dict(values["input"])
-        inp["lupton"] = LuptonStretch(
-            **{**inp.get("lupton", {}), **_tuples(inp.get("lupton", {}), ("minimum", "bands"))}
-        )
-        inp = {**inp, **_tuples(inp, ("crop", "internal_size", "mean", "std"))}
-        values["input"] = InputSpec(**inp)
+        values["input"] = input_spec_from_dict(values["input"])
         values["postprocess"] = PostProcessConfig(**values["postprocess"])
         values["class_names"] = tuple(values["class_names"])
         return cls(**values)
+
+
+def input_spec_from_dict(data: dict[str, Any]) -> InputSpec:
+    """Inverse of ``dataclasses.asdict(InputSpec)`` after a JSON round trip (lists -> tuples)."""
+    inp = dict(data)
+    lupton = dict(inp.get("lupton", {}))
+    inp["lupton"] = LuptonStretch(**{**lupton, **_tuples(lupton, ("minimum", "bands"))})
+    return InputSpec(**{**inp, **_tuples(inp, ("crop", "internal_size", "mean", "std"))})
 
 
 def _tuples(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as _load_safetensors
 from safetensors.torch import save_file as _save_safetensors
 
-from clumpdet.engine.contracts import InputSpec, LuptonStretch, PostProcessConfig
+from clumpdet.engine.contracts import PostProcessConfig, input_spec_from_dict
 from clumpdet.train.presets import POPP2024, Preset, get_preset
 
 if TYPE_CHECKING:
@@ -142,19 +142,11 @@ def preset_to_dict(preset: Preset) -> dict[str, Any]:
 def preset_from_dict(data: dict[str, Any]) -> Preset:
     """Inverse of :func:`preset_to_dict` (JSON lists turned back into tuples)."""
     d = dict(data)
-    inp = dict(d["input"])
-    lupton = dict(inp.get("lupton", {}))
-    for key in ("minimum", "bands"):
-        if key in lupton:
-            lupton[key] = tuple(lupton[key])
-    inp["lupton"] = LuptonStretch(**lupton)
-    for key in ("crop", "internal_size", "mean", "std"):
-        if inp.get(key) is not None:
-            inp[key] = tuple(inp[key])
-    d["input"] = InputSpec(**inp)
+    d["input"] = input_spec_from_dict(d["input"])
     d["postprocess"] = PostProcessConfig(**d["postprocess"])
-    for key in ("class_names", "anchor_sizes", "aspect_ratios"):
-        d[key] = tuple(d[key])
+    for key in ("class_names", "anchor_sizes", "aspect_ratios", "feature_strides"):
+        if key in d:
+            d[key] = tuple(d[key])
     return Preset(**d)
 
 

@@ -39,6 +39,14 @@ class Preset:
         One anchor size per FPN level, in *internal* (resized) pixels.
     aspect_ratios : tuple of float
         Anchor aspect ratios (height / width), shared by every level.
+    feature_strides : tuple of int
+        Strides of the encoder feature maps fed to the FPN; the FPN adds one
+        max-pooled level on top, so there are ``len(feature_strides) + 1``
+        levels and as many ``anchor_sizes``. RoIAlign uses the encoder levels.
+    fpn_channels : int
+        Width of every FPN level (and of the RPN head's convolution).
+    box_head_dim : int
+        Width of the two fully connected layers of the box head (TwoMLPHead).
     rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test : int
         Proposal budget at inference (per level before NMS, per image after).
     rpn_nms_thresh : float
@@ -54,11 +62,22 @@ class Preset:
     input: InputSpec
     anchor_sizes: tuple[int, ...]
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    feature_strides: tuple[int, ...] = (4, 8, 16, 32)
+    fpn_channels: int = 256
+    box_head_dim: int = 1024
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
     rpn_nms_thresh: float = 0.7
     postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.anchor_sizes) != len(self.feature_strides) + 1:
+            msg = (
+                f"preset {self.name!r}: {len(self.anchor_sizes)} anchor sizes for "
+                f"{len(self.feature_strides) + 1} FPN levels (feature_strides {self.feature_strides} + pool)"
+            )
+            raise ValueError(msg)
 
     @property
     def num_classes(self) -> int:
@@ -96,7 +115,10 @@ NATIVE = Preset(
     backbone="timm:convnext_pico",
     trainable_layers=5,
     # Throughput preset: the same central 200x200 crop at its own resolution
-    # (no 4x upsampling), anchors sized to clumps, a small proposal budget.
+    # (no 4x upsampling), anchors sized to clumps (~6-32 px at 0.396"/px), a
+    # small proposal budget, and a model small enough to ship (~6M parameters):
+    # the encoder stops at stride 16 (clumps are a few pixels; a stride-32 map
+    # of a 200 px crop is 7x7), a 128-wide FPN and a 256-wide box head.
     input=InputSpec(
         height=400,
         width=400,
@@ -104,7 +126,10 @@ NATIVE = Preset(
         internal_size=(200, 200),
         lupton=LuptonStretch(),
     ),
-    anchor_sizes=(8, 16, 32, 64, 128),
+    anchor_sizes=(8, 16, 32, 64),
+    feature_strides=(4, 8, 16),
+    fpn_channels=128,
+    box_head_dim=256,
     rpn_pre_nms_top_n_test=300,
     rpn_post_nms_top_n_test=100,
     description="Native-resolution throughput preset with a Zoobot-2 timm encoder",

@@ -62,19 +62,22 @@ def test_popp2024_is_torchvision_fasterrcnn_resnet50_fpn():
         assert not any(p.requires_grad for p in getattr(body, name).parameters())
 
 
-def test_native_builds_with_convnext_pico_and_five_levels():
+def test_native_builds_with_truncated_convnext_pico_and_four_levels():
     model = build_model(NATIVE).eval()
     assert isinstance(model.backbone, TimmFPNBackbone)
-    assert model.backbone.body.feature_info.channels() == [64, 128, 256, 512]
-    assert model.rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+    # The encoder stops at stride 16: the stride-32 stage's parameters are gone.
+    assert model.backbone.body.feature_info.channels() == [64, 128, 256]
+    assert model.rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,))
+    assert model.roi_heads.box_head.fc7.out_features == 256
+    assert sum(p.numel() for p in model.parameters()) < 10_000_000  # ships as a < 40 MB ONNX
     assert (model.transform.min_size, model.transform.max_size) == ((200,), 1333)
     assert (model.rpn._pre_nms_top_n["testing"], model.rpn._post_nms_top_n["testing"]) == (300, 100)
     with torch.no_grad():
         feats = model.backbone(torch.zeros(1, 3, 224, 224))
         out = model([torch.rand(3, 200, 200)])
-    assert list(feats) == ["0", "1", "2", "3", "pool"]
-    assert [f.shape[-1] for f in feats.values()] == [56, 28, 14, 7, 4]
-    assert all(f.shape[1] == 256 for f in feats.values())
+    assert list(feats) == ["0", "1", "2", "pool"]
+    assert [f.shape[-1] for f in feats.values()] == [56, 28, 14, 7]
+    assert all(f.shape[1] == 128 for f in feats.values())
     assert set(out[0]) == {"boxes", "scores", "labels"}
     assert out[0]["boxes"].shape[1] == 4
 

@@ -8,8 +8,8 @@ checkpoints load with ``strict=True`` once ``module.`` is stripped:
 - backbone: ResNet-50, FrozenBatchNorm2d, FPN P2–P6 (256 channels);
 - RPN: one anchor size per level (``preset.anchor_sizes``, *internal* pixels)
   × ``preset.aspect_ratios``; proposal budget and NMS from the preset;
-- RoI heads: ``MultiScaleRoIAlign`` on P2–P5, 7×7, sampling ratio 2;
-  ``TwoMLPHead`` 1024; ``FastRCNNPredictor`` with ``preset.num_classes``;
+- RoI heads: ``MultiScaleRoIAlign`` on the encoder levels (P2–P5), 7×7,
+  sampling ratio 2; ``TwoMLPHead`` ``preset.box_head_dim`` (1024); ``FastRCNNPredictor`` with ``preset.num_classes``;
   ``box_score_thresh`` / ``box_nms_thresh`` / ``box_detections_per_img`` from
   ``preset.postprocess``;
 - transform: ImageNet mean/std from ``preset.input``, resize so that the
@@ -33,16 +33,15 @@ from clumpdet.train.models.resnet_backbone import build_resnet50_fpn_backbone
 from clumpdet.train.models.timm_backbone import build_timm_fpn_backbone
 from clumpdet.train.presets import Preset
 
-#: RoIAlign and box head of torchvision's Faster R-CNN v1 (Popp et al. 2024).
-ROI_FEATMAP_NAMES = ("0", "1", "2", "3")
+#: RoIAlign of torchvision's Faster R-CNN v1 (Popp et al. 2024).
 ROI_OUTPUT_SIZE = 7
 ROI_SAMPLING_RATIO = 2
-BOX_HEAD_DIM = 1024
 #: torchvision's default ``max_size``; kept so popp2024 is the published model exactly.
 #: It never binds when the crop has the aspect ratio of ``internal_size``.
 TORCHVISION_MAX_SIZE = 1333
-#: FPN levels of both backbones (P2–P5 plus the LastLevelMaxPool P6).
-NUM_FPN_LEVELS = 5
+#: The ResNet-50 FPN of torchvision: P2–P5 plus the LastLevelMaxPool P6, 256 wide.
+RESNET50_FEATURE_STRIDES = (4, 8, 16, 32)
+RESNET50_FPN_CHANNELS = 256
 
 
 def transform_sizes(preset: Preset) -> tuple[int, int]:
@@ -67,12 +66,20 @@ def transform_sizes(preset: Preset) -> tuple[int, int]:
 def build_backbone(preset: Preset, backbone_weights: str | os.PathLike | None = None):
     """The FPN backbone named by ``preset.backbone`` (``"resnet50"`` or ``"timm:<name>"``)."""
     if preset.backbone == "resnet50":
+        if preset.feature_strides != RESNET50_FEATURE_STRIDES or preset.fpn_channels != RESNET50_FPN_CHANNELS:
+            msg = (
+                f"reference.py: preset {preset.name!r}: the resnet50 backbone is torchvision's FPN with "
+                f"strides {RESNET50_FEATURE_STRIDES} and {RESNET50_FPN_CHANNELS} channels"
+            )
+            raise ValueError(msg)
         return build_resnet50_fpn_backbone(preset.trainable_layers, backbone_weights)
     if preset.backbone.startswith("timm:"):
         return build_timm_fpn_backbone(
             preset.backbone.removeprefix("timm:"),
             trainable_layers=preset.trainable_layers,
             weights=backbone_weights,
+            feature_strides=preset.feature_strides,
+            out_channels=preset.fpn_channels,
         )
     msg = f"reference.py: preset {preset.name!r} has unknown backbone {preset.backbone!r} (resnet50 or timm:<name>)"
     raise ValueError(msg)
@@ -101,12 +108,6 @@ def build_model(preset: Preset, *, backbone_weights: str | os.PathLike | None = 
         the pixels of the image it was given), ``scores`` ``[P]``, ``labels``
         ``[P]`` int64, after score > ``score_thresh``, per-class NMS and top-k.
     """
-    if len(preset.anchor_sizes) != NUM_FPN_LEVELS:
-        msg = (
-            f"reference.py: preset {preset.name!r} has {len(preset.anchor_sizes)} anchor sizes; "
-            f"the FPN has {NUM_FPN_LEVELS} levels (one size per level)"
-        )
-        raise ValueError(msg)
     if preset.num_classes < 2:
         msg = f"reference.py: preset {preset.name!r} needs background plus at least one class"
         raise ValueError(msg)
@@ -114,14 +115,14 @@ def build_model(preset: Preset, *, backbone_weights: str | os.PathLike | None = 
     backbone = build_backbone(preset, backbone_weights)
     anchors = AnchorGenerator(
         sizes=tuple((int(s),) for s in preset.anchor_sizes),
-        aspect_ratios=(tuple(float(a) for a in preset.aspect_ratios),) * NUM_FPN_LEVELS,
+        aspect_ratios=(tuple(float(a) for a in preset.aspect_ratios),) * len(preset.anchor_sizes),
     )
     rpn_head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0])
     roi_pool = MultiScaleRoIAlign(
-        featmap_names=list(ROI_FEATMAP_NAMES), output_size=ROI_OUTPUT_SIZE, sampling_ratio=ROI_SAMPLING_RATIO
+        featmap_names=[str(i) for i in range(len(preset.feature_strides))], output_size=ROI_OUTPUT_SIZE, sampling_ratio=ROI_SAMPLING_RATIO
     )
-    box_head = TwoMLPHead(backbone.out_channels * ROI_OUTPUT_SIZE**2, BOX_HEAD_DIM)
-    box_predictor = FastRCNNPredictor(BOX_HEAD_DIM, preset.num_classes)
+    box_head = TwoMLPHead(backbone.out_channels * ROI_OUTPUT_SIZE**2, preset.box_head_dim)
+    box_predictor = FastRCNNPredictor(preset.box_head_dim, preset.num_classes)
     post = preset.postprocess
     return FasterRCNN(
         backbone,

@@ -1,10 +1,11 @@
 """Zoobot-2 timm encoders as FPN backbones for torchvision's Faster R-CNN.
 
 The encoder is ``timm.create_model(name, features_only=True, pretrained=False)``
-restricted to its stride-4, 8, 16 and 32 feature maps; a torchvision
-``FeaturePyramidNetwork`` with ``LastLevelMaxPool`` turns them into five
-256-channel levels (keys ``"0"``–``"3"``, ``"pool"``), the same interface as the
-ResNet-50 FPN backbone. BatchNorm layers (the ResNet encoders) are replaced by
+restricted to the feature maps of the preset's strides (by default 4, 8, 16
+and 32); a torchvision ``FeaturePyramidNetwork`` with ``LastLevelMaxPool`` turns
+them into one more level than strides (keys ``"0"``, ``"1"``, ..., ``"pool"``),
+each ``out_channels`` wide (default 256), the same interface as the ResNet-50
+FPN backbone. BatchNorm layers (the ResNet encoders) are replaced by
 ``torchvision.ops.FrozenBatchNorm2d`` after the weights are loaded.
 
 Weights come from a local file holding the state dict of
@@ -31,9 +32,9 @@ from clumpdet.train.checkpoints import read_state_dict
 
 #: The Zoobot-2 encoders published as ``mwalmsley/zoobot-encoder-<name>``.
 ZOOBOT2_ENCODERS = ("convnext_pico", "convnext_nano", "resnet18", "resnet50")
-#: Feature strides fed to the FPN (P2–P5; P6 is LastLevelMaxPool).
+#: Default feature strides fed to the FPN (P2–P5; P6 is LastLevelMaxPool).
 FPN_REDUCTIONS = (4, 8, 16, 32)
-#: FPN width, as torchvision's ResNet-50 FPN.
+#: Default FPN width, as torchvision's ResNet-50 FPN.
 FPN_CHANNELS = 256
 HUB_PREFIX = "hf-hub:"
 
@@ -42,9 +43,10 @@ class TimmFPNBackbone(nn.Module):
     """A timm ``features_only`` encoder followed by an FPN.
 
     ``forward(x)``: ``x`` float32 ``[N, 3, H, W]`` (normalised) ->
-    ``OrderedDict`` ``{"0": [N, 256, H/4, W/4], "1": H/8, "2": H/16, "3": H/32,
-    "pool": H/64}``. Attribute ``out_channels`` = 256, as torchvision's
-    ``FasterRCNN`` requires.
+    ``OrderedDict`` ``{"0": [N, C, H/s0, W/s0], "1": [N, C, H/s1, W/s1], ...,
+    "pool": [N, C, H/(2 s_last), W/(2 s_last)]}`` with ``C = out_channels``
+    and ``s_i`` the encoder strides (default 4, 8, 16, 32). Attribute
+    ``out_channels``, as torchvision's ``FasterRCNN`` requires.
     """
 
     def __init__(self, body: nn.Module, out_channels: int = FPN_CHANNELS) -> None:
@@ -62,15 +64,19 @@ class TimmFPNBackbone(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
 
 
-def _features_model(name: str) -> nn.Module:
-    """timm features_only model returning exactly the stride 4/8/16/32 maps."""
+def _features_model(name: str, strides: tuple[int, ...] = FPN_REDUCTIONS) -> nn.Module:
+    """timm features_only model returning exactly the feature maps of ``strides``.
+
+    timm truncates the encoder after the last requested stage, so asking for
+    strides (4, 8, 16) also drops the stride-32 stage's parameters.
+    """
     body = timm.create_model(name, features_only=True, pretrained=False)
     reductions = tuple(body.feature_info.reduction())
-    if reductions == FPN_REDUCTIONS:
+    if reductions == tuple(strides):
         return body
-    indices = tuple(i for i, r in enumerate(reductions) if r in FPN_REDUCTIONS)
-    if tuple(reductions[i] for i in indices) != FPN_REDUCTIONS:
-        msg = f"timm_backbone.py: {name!r} has feature strides {reductions}, need {FPN_REDUCTIONS}"
+    indices = tuple(i for i, r in enumerate(reductions) if r in strides)
+    if tuple(reductions[i] for i in indices) != tuple(strides):
+        msg = f"timm_backbone.py: {name!r} has feature strides {reductions}, need {tuple(strides)}"
         raise ValueError(msg)
     return timm.create_model(name, features_only=True, pretrained=False, out_indices=indices)
 
@@ -186,13 +192,20 @@ def _set_trainable(body: nn.Module, trainable_layers: int) -> None:
         raise RuntimeError(msg)
     first_stage = children.index(stage_names[0])
     groups = [children[:first_stage]] + [[n] for n in stage_names]
-    trainable = {n for group in groups[len(groups) - trainable_layers:] for n in group} if trainable_layers else set()
+    # A truncated encoder (fewer stages) counts its layers from the top as well.
+    first = max(0, len(groups) - trainable_layers)
+    trainable = {n for group in groups[first:] for n in group} if trainable_layers else set()
     for child_name, child in body.named_children():
         child.requires_grad_(child_name in trainable)
 
 
 def build_timm_fpn_backbone(
-    name: str, *, trainable_layers: int = 5, weights: str | os.PathLike | None = None
+    name: str,
+    *,
+    trainable_layers: int = 5,
+    weights: str | os.PathLike | None = None,
+    feature_strides: tuple[int, ...] = FPN_REDUCTIONS,
+    out_channels: int = FPN_CHANNELS,
 ) -> TimmFPNBackbone:
     """A Zoobot-2 timm encoder + FPN backbone.
 
@@ -207,13 +220,17 @@ def build_timm_fpn_backbone(
     weights : str or os.PathLike, optional
         Local weights file, or ``"hf-hub:mwalmsley/zoobot-encoder-<name>"``
         (network; only on explicit request). ``None``: random init.
+    feature_strides : tuple of int
+        Encoder strides fed to the FPN (a subset of the encoder's, in order).
+    out_channels : int
+        FPN width.
     """
     if not 0 <= trainable_layers <= 5:
         msg = f"timm_backbone.py: trainable_layers must be in 0..5, got {trainable_layers}"
         raise ValueError(msg)
-    body = _features_model(name)
+    body = _features_model(name, tuple(feature_strides))
     if weights is not None:
         load_encoder_weights(body, name, weights)
     freeze_batch_norm(body)
     _set_trainable(body, trainable_layers)
-    return TimmFPNBackbone(body)
+    return TimmFPNBackbone(body, out_channels=out_channels)
