@@ -42,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="skip inputs already in the summary (or catalogue) and append to them")
     group.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--ray", action="store_true",
+                        help="run on a Ray cluster (extra [scale]): decode tasks plus an actor pool, each actor "
+                             "opening the model once; model and inputs must be at the same paths on every node")
+    parser.add_argument("--address", help="Ray cluster for --ray (auto, ray://head:10001, ...; default "
+                                          "RAY_ADDRESS, else a local Ray instance)")
+    parser.add_argument("--ray-actors", type=int, default=None,
+                        help="Ray actor pool size (default one per GPU with cuda/tensorrt, else CPUs - 1)")
 
 
 def default_summary_path(out: str) -> str:
@@ -107,6 +114,18 @@ def run(args: argparse.Namespace) -> int:
     summary_path = args.summary or default_summary_path(args.out)
     if args.batch_size < 1:
         return _usage(f"--batch-size must be >= 1, got {args.batch_size}")
+    use_ray = getattr(args, "ray", False)
+    if use_ray:
+        from clumpdet.engine.scale_ray import import_ray
+
+        if args.overlays:
+            return _usage("--overlays is not supported with --ray")
+        try:
+            import_ray()
+        except ValueError as err:
+            return _usage(str(err))
+    elif getattr(args, "address", None) or getattr(args, "ray_actors", None):
+        return _usage("--address and --ray-actors need --ray")
     try:
         table_format(args.out)
         table_format(summary_path)
@@ -152,8 +171,17 @@ def run(args: argparse.Namespace) -> int:
                          f"({', '.join(detector.providers)}), threshold {detector.score_threshold}")
     counts = {"ok": 0, "no_detections": 0, "failed": 0}
     last_flush = time.perf_counter()
-    for result in run_detector(detector, sources, batch_size=args.batch_size, workers=args.workers,
-                               max_size_mismatch=args.max_size_mismatch):
+    if use_ray:
+        from clumpdet.engine.scale_ray import run_detector_ray
+
+        results = run_detector_ray(detector, sources, model_path=args.model, providers=args.providers.split(","),
+                                   batch_size=args.batch_size, actors=args.ray_actors, threads=args.threads,
+                                   score_threshold=args.threshold, max_size_mismatch=args.max_size_mismatch,
+                                   address=args.address)
+    else:
+        results = run_detector(detector, sources, batch_size=args.batch_size, workers=args.workers,
+                               max_size_mismatch=args.max_size_mismatch)
+    for result in results:
         builder.add(result)
         counts[result.status] += 1
         if result.status == "failed":
