@@ -26,7 +26,7 @@ dev: $(DEV_VENV)/.installed
 
 demo: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/clumpdet detect examples/cutouts --model $(MODEL) \
-		--out $(DEMO_OUT)/catalog.ecsv --summary $(DEMO_OUT)/summary.ecsv --overlays $(DEMO_OUT)/overlays
+		--overwrite --out $(DEMO_OUT)/catalog.ecsv --summary $(DEMO_OUT)/summary.ecsv --overlays $(DEMO_OUT)/overlays
 	@echo "catalogue: $(DEMO_OUT)/catalog.ecsv  overlays: $(DEMO_OUT)/overlays/"
 
 test: $(DEV_VENV)/.installed
