@@ -4,6 +4,7 @@ Example::
 
     clumpdet export --preset popp2024 --checkpoint popp2024.pth --out popp2024.onnx
     clumpdet export --checkpoint runs/native.safetensors --out native.onnx --proposals 300
+    clumpdet export --checkpoint runs/native.safetensors --out native.onnx --int8 data/sim1000/png --tensorrt fp16
 
 The checkpoint is either the published format (a ``.pth`` state dict saved from
 ``nn.DataParallel``, keys prefixed ``module.``; read without unpickling objects) or
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -32,6 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reference-metrics", default=None, help="JSON file of reference metrics to write to the metadata"
     )
+    parser.add_argument(
+        "--triton-repo", metavar="DIR", default=None,
+        help="also write a Triton model repository DIR/<name>/{config.pbtxt,1/model.onnx} (export/triton_repo.py)",
+    )
+    parser.add_argument("--int8", metavar="CALIB", default=None,
+                        help="also write an int8 (QDQ backbone+FPN) copy calibrated on these cutouts "
+                        "(dir, glob, @list)")
+    parser.add_argument("--int8-method", choices=("minmax", "percentile", "entropy"), default="minmax",
+                        help="activation calibration for --int8 (default minmax)")
+    parser.add_argument("--int8-images", type=int, default=32, help="calibration images for --int8 (default 32)")
+    parser.add_argument("--int8-out", default=None, help="int8 output path (default <out>.int8.onnx)")
+    parser.add_argument("--tensorrt", choices=("fp16", "int8"), default=None,
+                        help="also build a TensorRT plan (needs tensorrt>=10; int8 needs --int8); else prints trtexec")
+    parser.add_argument("--plan", default=None, help="TensorRT plan path (default <out>.<precision>.plan)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if not checkpoint.is_file():
         msg = f"cli_export.py: checkpoint {str(checkpoint)!r} does not exist"
         raise FileNotFoundError(msg)
+    if args.tensorrt == "int8" and not args.int8:
+        msg = "cli_export.py: --tensorrt int8 needs calibration images (--int8 CALIB)"
+        raise ValueError(msg)
     preset = get_preset(args.preset) if args.preset else None
     model, preset = load_model(checkpoint, preset)
     metrics = json.loads(Path(args.reference_metrics).read_text()) if args.reference_metrics else None
@@ -63,4 +82,25 @@ def run(args: argparse.Namespace) -> int:
     counts = op_counts(onnx.load(str(out), load_external_data=False))
     size_mb = out.stat().st_size / 1e6
     print(f"wrote {out} ({size_mb:.1f} MB, opset {OPSET}, {sum(counts.values())} nodes; preset {preset.name})")
+    if args.triton_repo:
+        from clumpdet.export.triton_repo import write_triton_repo
+
+        print(f"wrote Triton model repository {write_triton_repo(out, args.triton_repo)}")
+    if args.int8:
+        from clumpdet.export.quantize import quantize_backbone
+
+        int8_out = quantize_backbone(out, args.int8_out or out.with_suffix(".int8.onnx"), [args.int8],
+                                     method=args.int8_method, num_images=args.int8_images)
+        print(f"wrote {int8_out} (int8 QDQ backbone+FPN, {args.int8_method} calibration)")
+    if args.tensorrt:
+        from clumpdet.export.tensorrt_build import TensorRTUnavailableError, build_engine
+
+        plan = Path(args.plan or out.with_suffix(f".{args.tensorrt}.plan"))
+        try:
+            build_engine(out, plan, args.tensorrt, calibration=[args.int8] if args.int8 else None,
+                         calibration_images=args.int8_images, calibration_method=args.int8_method)
+        except TensorRTUnavailableError as err:
+            print(err, file=sys.stderr)
+            return 3
+        print(f"wrote {plan} and its metadata {plan}.json")
     return 0
