@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str | None, str]] = {
     "predict": ("clumpdet.train.cli_predict", "train", "run the PyTorch reference detector"),
     "export": ("clumpdet.export.cli_export", "export", "export a checkpoint to ONNX/TensorRT"),
     "train": ("clumpdet.train.cli_train", "train", "train a detector"),
+    "bench": ("clumpdet.export.cli_bench", "export", "benchmark every backend against the PyTorch reference (from a checkout)"),
     "serve": ("clumpdet.engine.cli_serve", "serve", "serve a model over the Open Inference Protocol (KServe v2)"),
 }
 
