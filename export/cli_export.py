@@ -14,6 +14,7 @@ ours (``.safetensors`` plus its ``.json`` config, which names the preset).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -33,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--training-data", default="", help="free-text description written to the metadata")
     parser.add_argument(
         "--reference-metrics", default=None, help="JSON file of reference metrics to write to the metadata"
+    )
+    parser.add_argument(
+        "--final-score-thresh", type=float, default=None,
+        help="operating point: the chain's last score cut (default: the preset's); recorded in the metadata",
     )
     parser.add_argument(
         "--triton-repo", metavar="DIR", default=None,
@@ -70,10 +75,14 @@ def run(args: argparse.Namespace) -> int:
     model, preset = load_model(checkpoint, preset)
     metrics = json.loads(Path(args.reference_metrics).read_text()) if args.reference_metrics else None
     weights = checkpoint.with_suffix(".safetensors") if checkpoint.suffix == ".json" else checkpoint
+    postprocess = None
+    if args.final_score_thresh is not None:
+        postprocess = dataclasses.replace(preset.postprocess, final_score_thresh=args.final_score_thresh)
     out = export_onnx(
         model,
         preset,
         args.out,
+        postprocess=postprocess,
         proposals=args.proposals,
         checkpoint_sha256=sha256_file(weights),
         training_data=args.training_data,
