@@ -11,7 +11,6 @@ cube is *not* flipped: PNG row ``r`` is FITS data row ``r``.
 from __future__ import annotations
 
 import numpy as np
-from astropy.visualization import make_lupton_rgb
 
 from clumpdet.engine.contracts import LuptonStretch
 
@@ -40,6 +39,8 @@ def lupton_rgb_uint8(cube: np.ndarray, spec: LuptonStretch) -> np.ndarray:
     if not np.all(np.isfinite(cube)):
         msg = "flux cube contains NaN or inf pixels; repair them before the stretch"
         raise ValueError(msg)
+    from astropy.visualization import make_lupton_rgb  # only FITS input needs astropy here
+
     data = cube.astype(np.float64, copy=False)
     # astropy evaluates f(I)/I before masking I <= 0 (np.where), so pixels with zero
     # intensity warn "invalid value in divide" although the result (0) is right.
