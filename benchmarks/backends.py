@@ -28,7 +28,6 @@ at a time, so repeats of different backends can be interleaved.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing as mp
 import os
 import resource
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from clumpdet.engine.contracts import ModelMetadata
+from clumpdet.engine.hashing import sha256_file
 from clumpdet.engine.metrics import Detections, match_backends_all
 
 
@@ -121,11 +121,7 @@ class _Adapter:
     def model_sha256(self) -> str:
         """sha256 of the model file (hex), computed once."""
         if self._sha is None:
-            h = hashlib.sha256()
-            with open(self._file, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            self._sha = h.hexdigest()
+            self._sha = sha256_file(self._file)
         return self._sha
 
 

@@ -6,7 +6,6 @@ thresholds) is read from the model's metadata; nothing is declared here.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from clumpdet.engine.contracts import ModelMetadata
+from clumpdet.engine.hashing import sha256_file
 from clumpdet.engine.metrics import Detections, detections_from_batch
 
 if TYPE_CHECKING:
@@ -179,11 +179,7 @@ class Detector:
     def model_sha256(self) -> str:
         """sha256 of the model file (hex), computed once."""
         if self._sha256 is None:
-            h = hashlib.sha256()
-            with open(self.model_path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            self._sha256 = h.hexdigest()
+            self._sha256 = sha256_file(self.model_path)
         return self._sha256
 
     def detect(self, batch: np.ndarray) -> list[Detections]:

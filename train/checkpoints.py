@@ -19,7 +19,6 @@ Also :func:`sha256_file`, the digest exported models record as their source.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pickle
@@ -32,6 +31,7 @@ from safetensors.torch import load_file as _load_safetensors
 from safetensors.torch import save_file as _save_safetensors
 
 from clumpdet.engine.contracts import PostProcessConfig, input_spec_from_dict
+from clumpdet.engine.hashing import sha256_file
 from clumpdet.train.presets import POPP2024, Preset, get_preset
 
 if TYPE_CHECKING:
@@ -43,15 +43,6 @@ CHECKPOINT_FORMAT = "clumpdet-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 
 PathLike = str | os.PathLike
-
-
-def sha256_file(path: PathLike, *, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 digest of a file, read in chunks of ``chunk_size`` bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
