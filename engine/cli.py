@@ -26,6 +26,12 @@ SUBCOMMANDS: dict[str, tuple[str, str | None, str]] = {
 }
 
 
+#: Top-level modules that only extras install; a subcommand missing one names its extra.
+OPTIONAL_MODULES = frozenset(
+    {"torch", "torchvision", "timm", "onnx", "onnxscript", "scipy", "safetensors", "starlette", "uvicorn", "ray"}
+)
+
+
 def _top_parser() -> argparse.ArgumentParser:
     lines = "\n".join(f"  {name:<10} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items())
     parser = argparse.ArgumentParser(
@@ -49,17 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     module_name, extra, help_ = SUBCOMMANDS[name]
     try:
         module = importlib.import_module(module_name)
+        parser = argparse.ArgumentParser(prog=f"clumpdet {name}", description=help_)
+        module.add_arguments(parser)
+        args = parser.parse_args(rest)
+        return int(module.run(args) or 0)
     except ModuleNotFoundError as err:
-        if err.name and err.name.split(".")[0] in {"torch", "torchvision", "timm", "onnx", "onnxscript", "scipy", "safetensors"}:
+        # A subcommand's module imports its extra lazily (at import or when it runs).
+        if err.name and err.name.split(".")[0] in OPTIONAL_MODULES:
             hint = f"pip install 'clumpdet[{extra}]'" if extra else "reinstall clumpdet"
             print(f"clumpdet {name}: needs {err.name!r}, which is not installed; {hint}", file=sys.stderr)
             return 2
         raise
-    parser = argparse.ArgumentParser(prog=f"clumpdet {name}", description=help_)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
-
 
 if __name__ == "__main__":
     sys.exit(main())
