@@ -42,7 +42,8 @@ import numpy as np
 
 from clumpdet.engine.contracts import ModelMetadata
 from clumpdet.engine.hashing import sha256_file
-from clumpdet.engine.metrics import Detections, match_backends_all
+from clumpdet.engine.metrics import Detections
+from clumpdet.engine.parity import match_backends_all
 
 
 @dataclass(frozen=True)

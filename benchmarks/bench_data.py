@@ -57,7 +57,12 @@ class ImageSet:
         return len(self.paths)
 
 
-def _coco_truths(coco: dict, root: Path) -> tuple[list[str], list[str | None], list[Truth]]:
+def coco_truths(coco: dict, root: Path) -> tuple[list[str], list[str | None], list[Truth]]:
+    """Image paths, FITS paths (or None) and per-image :class:`Truth` of a COCO dict under ``root``.
+
+    ``values["flux_fraction"]`` holds each clump's flux fraction; ``nan`` for other classes and
+    where the annotation has none (so per-bin completeness counts clumps only).
+    """
     by_image: dict[int, list[dict]] = {im["id"]: [] for im in coco["images"]}
     for ann in coco.get("annotations", []):
         if ann["image_id"] not in by_image:
@@ -100,7 +105,7 @@ def load_image_set(source: str, *, truth: str | None = None, n_images: int | Non
     coco_path = Path(truth) if truth else (root / "annotations.json" if root.is_dir() else None)
     if coco_path is not None and coco_path.is_file():
         coco = json.loads(coco_path.read_text())
-        paths, fits_paths, truths = _coco_truths(coco, coco_path.parent)
+        paths, fits_paths, truths = coco_truths(coco, coco_path.parent)
         if use_fits:
             if any(f is None for f in fits_paths):
                 msg = f"bench_data.py: {coco_path} lacks 'fits_file' entries; cannot benchmark FITS input"

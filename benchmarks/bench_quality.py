@@ -2,7 +2,7 @@
 
 Parity (DESIGN §6), against the PyTorch reference on the same images:
 
-* detection level: :func:`clumpdet.engine.metrics.match_backends_all` (one-to-one
+* detection level: :func:`clumpdet.engine.parity.match_backends_all` (one-to-one
   by IoU >= ``det_iou``, same label, never by index);
 * catalogue level (images with truth): ``|Δ completeness|`` and ``|Δ purity|``
   (class-agnostic, centre rule, at the model's final score threshold).
@@ -19,7 +19,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from clumpdet.engine.metrics import Detections, Truth, completeness_in_bins, evaluate, match_backends_all
+from clumpdet.engine.metrics import Detections, Truth, completeness_in_bins, evaluate
+from clumpdet.engine.parity import match_backends_all
 
 #: Clump flux-fraction bins (as the sep baseline).
 BINS = (0.01, 0.02, 0.05, 0.10, 0.20, 0.50)

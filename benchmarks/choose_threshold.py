@@ -24,12 +24,13 @@ from clumpdet.engine.metrics import evaluate, format_markdown_table
 
 def sweep(model: Path, set_dir: Path, thresholds: np.ndarray, batch_size: int = 8) -> list[dict]:
     """One row per threshold: ``threshold, completeness, purity, f1, n_pred``."""
-    floor = Detector(model).score_threshold
+    detector = Detector(model)
+    floor = detector.score_threshold
     if thresholds.min() < floor:
         msg = f"{model}: exported with final threshold {floor}; cannot sweep below it"
         raise ValueError(msg)
     images, truths = sep_baseline.load_truth(set_dir)
-    preds = model_detections(model, set_dir, images, batch_size)
+    preds = model_detections(detector, set_dir, images, batch_size)
     rows = []
     for t in thresholds:
         res = evaluate(preds, truths, score_thresh=float(t), n_boot=0)

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
-    from clumpdet.engine.metrics import detections_from_batch, format_markdown_table, match_backends_all
+    from clumpdet.engine.metrics import detections_from_batch, format_markdown_table
+    from clumpdet.engine.parity import match_backends_all
     from clumpdet.export.checks import op_counts
     from clumpdet.export.onnx_export import export_onnx
     from clumpdet.train.predict import predict

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clumpdet.engine.metrics import format_markdown_table, match_backends_all
+from clumpdet.engine.metrics import format_markdown_table
+from clumpdet.engine.parity import match_backends_all
 from clumpdet.engine.preprocess import rgb_uint8_to_input
 from clumpdet.train.checkpoints import load_model
 from clumpdet.train.models import build_model, calibrate_frozen_bn

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from clumpdet.engine.cli import main as cli_main
     from clumpdet.engine.detector import Detector
-    from clumpdet.engine.metrics import evaluate, match_backends_all
+    from clumpdet.engine.metrics import evaluate
+    from clumpdet.engine.parity import match_backends_all
     from clumpdet.engine.readers import read_cutout
     from clumpdet.export.quantize import quantize_backbone
 

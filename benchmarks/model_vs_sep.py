@@ -31,9 +31,9 @@ from clumpdet.engine.metrics import Detections, completeness_in_bins, evaluate, 
 BINS = sep_baseline.BINS
 
 
-def model_detections(model: Path, set_dir: Path, images: list[dict[str, Any]], batch_size: int) -> list[Detections]:
+def model_detections(detector: Detector, set_dir: Path, images: list[dict[str, Any]],
+                     batch_size: int) -> list[Detections]:
     """The engine's detections per image (boxes in the cutout's pixels), in ``images`` order."""
-    detector = Detector(model)
     paths = [str(set_dir / im["fits_file"]) for im in images]
     out = []
     for result in detector.detect_files(paths, batch_size=batch_size):
@@ -62,8 +62,9 @@ def compare(model: Path, set_dir: Path, *, batch_size: int = 8, n_boot: int = 20
     """Run both detectors on (the first ``max_images`` of) a set and score them; JSON-ready dict."""
     images, truths = sep_baseline.load_truth(set_dir)
     images, truths = images[:max_images], truths[:max_images]
-    model_preds = model_detections(model, set_dir, images, batch_size)
-    thresh = float(Detector(model).score_threshold)
+    detector = Detector(model)
+    model_preds = model_detections(detector, set_dir, images, batch_size)
+    thresh = float(detector.score_threshold)
     model_overall = evaluate(model_preds, truths, score_thresh=thresh, n_boot=n_boot)
     model_aware = evaluate(model_preds, truths, score_thresh=thresh, class_aware=True, n_boot=n_boot)
     sep_preds = [sep_baseline.detect(set_dir / im["fits_file"])[0] for im in images]

@@ -44,9 +44,10 @@ import numpy as np
 import sep
 from astropy.io import fits
 
+from benchmarks.bench_data import coco_truths
+from benchmarks.bench_quality import BINS
 from clumpdet.engine.metrics import Detections, Truth, completeness_in_bins, evaluate
 
-BINS = (0.01, 0.02, 0.05, 0.10, 0.20, 0.50)
 MIN_SNRS = (0.0, 5.0, 10.0)
 SEP_CONFIG = {
     "band": "R", "bw": 64, "bh": 64, "fw": 3, "fh": 3, "thresh_sigma": 1.5, "minarea": 5,
@@ -98,17 +99,7 @@ def load_truth(set_dir: Path) -> tuple[list[dict[str, Any]], list[Truth]]:
     (so that per-bin completeness counts clumps only).
     """
     coco = json.loads((set_dir / "annotations.json").read_text())
-    by_image: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in coco["images"]}
-    for ann in coco["annotations"]:
-        by_image[ann["image_id"]].append(ann)
-    truths = []
-    for im in coco["images"]:
-        anns = by_image[im["id"]]
-        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                           a["bbox"][1] + a["bbox"][3]] for a in anns]).reshape(-1, 4)
-        labels = np.array([a["category_id"] for a in anns], dtype=np.int64)
-        ff = np.array([a["flux_fraction"] if a["category_id"] == 1 else np.nan for a in anns])
-        truths.append(Truth(boxes, labels, values={"flux_fraction": ff}))
+    _, _, truths = coco_truths(coco, set_dir)
     return coco["images"], truths
 
 

@@ -45,6 +45,22 @@ CHECKPOINT_FORMAT_VERSION = 1
 PathLike = str | os.PathLike
 
 
+def check_state_dict(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise ``ValueError`` starting with ``what`` unless ``state`` has exactly ``expected``'s keys and shapes.
+
+    The message counts missing, unexpected and wrongly shaped keys, with up to three examples each.
+    """
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad_shapes = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or bad_shapes:
+        msg = (
+            f"{what}: {len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]}), {len(bad_shapes)} with wrong shapes (e.g. {bad_shapes[:3]})"
+        )
+        raise ValueError(msg)
+
+
 def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a torch file, never unpickling objects.
 

@@ -15,9 +15,8 @@ from clumpdet.engine.metrics import (
     format_markdown_table,
     match,
     match_all,
-    match_backends,
-    match_backends_all,
 )
+from clumpdet.engine.parity import match_backends, match_backends_all
 
 EMPTY_BOXES = np.zeros((0, 4))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clumpdet.engine.metrics import match_backends_all
+from clumpdet.engine.parity import match_backends_all
 from clumpdet.export.onnx_export import export_onnx
 from clumpdet.train.predict import predict
 

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 from clumpdet.engine.contracts import ModelMetadata
-from clumpdet.engine.metrics import match_backends_all
+from clumpdet.engine.parity import match_backends_all
 from clumpdet.export.checks import tensorrt_findings
 from clumpdet.export.quantize import (
     INT8_NOTE,

@@ -28,7 +28,7 @@ import torch
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from clumpdet.train.checkpoints import read_state_dict
+from clumpdet.train.checkpoints import check_state_dict, read_state_dict
 
 #: Index in Zoobot 1's ``nn.Sequential`` encoder -> torchvision ResNet attribute.
 ZOOBOT1_SEQUENTIAL_NAMES = {0: "conv1", 1: "bn1", 4: "layer1", 5: "layer2", 6: "layer3", 7: "layer4"}
@@ -130,16 +130,8 @@ def load_resnet50_body_weights(
     name = "state dict" if isinstance(weights, dict) else repr(str(weights))
     layout, _ = detect_resnet50_layout(source)
     renamed = resnet50_body_state_dict(source)
-    expected = body.state_dict()
-    missing = sorted(set(expected) - set(renamed))
-    unexpected = sorted(set(renamed) - set(expected))
-    bad_shapes = [k for k in expected if k in renamed and renamed[k].shape != expected[k].shape]
-    if missing or unexpected or bad_shapes:
-        msg = (
-            f"resnet_backbone.py: {name} ({layout} layout) does not fit the ResNet-50 body: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
-            f"{len(bad_shapes)} with wrong shapes (e.g. {bad_shapes[:3]})"
-        )
-        raise ValueError(msg)
+    check_state_dict(
+        body.state_dict(), renamed, f"resnet_backbone.py: {name} ({layout} layout) does not fit the ResNet-50 body"
+    )
     body.load_state_dict(renamed, strict=True)
     return layout

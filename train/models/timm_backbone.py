@@ -28,7 +28,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from clumpdet.train.checkpoints import read_state_dict
+from clumpdet.train.checkpoints import check_state_dict, read_state_dict
 
 #: The Zoobot-2 encoders published as ``mwalmsley/zoobot-encoder-<name>``.
 ZOOBOT2_ENCODERS = ("convnext_pico", "convnext_nano", "resnet18", "resnet50")
@@ -132,17 +132,7 @@ def encoder_state_dict(name: str, weights: str | os.PathLike | dict[str, torch.T
     state = {
         k: v for k, v in state.items() if not any(c and k.startswith(c + ".") for c in classifiers)
     }
-    expected = plain.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    bad_shapes = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or bad_shapes:
-        msg = (
-            f"timm_backbone.py: {source} is not a {name!r} state dict: {len(missing)} missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
-            f"{len(bad_shapes)} with wrong shapes (e.g. {bad_shapes[:3]})"
-        )
-        raise ValueError(msg)
+    check_state_dict(plain.state_dict(), state, f"timm_backbone.py: {source} is not a {name!r} state dict")
     return state
 
 
