@@ -15,6 +15,9 @@ from typing import Any
 
 #: Version of the metadata layout written into exported models.
 METADATA_FORMAT_VERSION = 1
+#: Tensor names of every exported model (DESIGN §3).
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
 
 
 @dataclass(frozen=True)

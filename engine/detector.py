@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
-from clumpdet.engine.contracts import ModelMetadata
+from clumpdet.engine.contracts import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 from clumpdet.engine.hashing import sha256_file
 from clumpdet.engine.metrics import Detections, detections_from_batch
 
@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from clumpdet.engine.runner import ImageResult
 
 #: Output names of the exported-model contract, in this order.
-OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
-INPUT_NAME = "images"
 #: Short provider names accepted besides onnxruntime's own names.
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",

@@ -79,6 +79,11 @@ def _band_pattern(bands: Sequence[str]) -> re.Pattern[str]:
     return _BAND_RE_CACHE[key]
 
 
+def file_band_order(bands: Sequence[str]) -> tuple[str, ...]:
+    """Default order of bands in files: increasing wavelength = reverse of (R, G, B), e.g. g, r, i."""
+    return tuple(b.lower() for b in reversed(tuple(bands)))
+
+
 def group_sources(paths: Iterable[str], bands: Sequence[str]) -> list[Source]:
     """Group band-split FITS triplets; every other path becomes its own source.
 
@@ -109,6 +114,7 @@ def group_sources(paths: Iterable[str], bands: Sequence[str]) -> list[Source]:
     wanted = {b.lower() for b in bands}
     complete = {k: v for k, v in groups.items() if set(v) == wanted}
     member = {p: k for k, v in complete.items() for p in v.values()}
+    order = file_band_order(bands)
     sources: list[Source] = []
     emitted: set[tuple[str, str]] = set()
     for p in ordered:
@@ -118,7 +124,6 @@ def group_sources(paths: Iterable[str], bands: Sequence[str]) -> list[Source]:
         elif key not in emitted:
             emitted.add(key)
             by_band = complete[key]
-            order = tuple(b.lower() for b in reversed(tuple(bands)))  # blue -> red, e.g. g, r, i
             sid = f"{key[0]}_{{{','.join(order)}}}{key[1]}"
             sources.append(Source(id=sid, paths=tuple(by_band[b] for b in order), bands=order))
     return sources

@@ -39,7 +39,14 @@ from astropy.wcs import WCS, FITSFixedWarning
 from PIL import Image
 
 from clumpdet.engine.contracts import InputSpec
-from clumpdet.engine.inputs import FITS_SUFFIXES, IMAGE_SUFFIXES, NPY_SUFFIXES, SUPPORTED_SUFFIXES, Source
+from clumpdet.engine.inputs import (
+    FITS_SUFFIXES,
+    IMAGE_SUFFIXES,
+    NPY_SUFFIXES,
+    SUPPORTED_SUFFIXES,
+    Source,
+    file_band_order,
+)
 from clumpdet.engine.preprocess import lupton_rgb_uint8, rgb_uint8_to_input
 
 #: Default tolerance of the centre crop/pad, as a fraction of the model's input size.
@@ -155,11 +162,6 @@ def _celestial(path: str, header: fits.Header) -> WCS | None:
     return wcs.celestial if wcs.has_celestial else None
 
 
-def _file_order(bands: tuple[str, ...]) -> tuple[str, ...]:
-    """Default order of bands in files: increasing wavelength = reverse of (R, G, B)."""
-    return tuple(b.lower() for b in reversed(bands))
-
-
 def _image_hdus(path: str, hdul: fits.HDUList) -> list[tuple[int, tuple[int, ...]]]:
     out = []
     for i, hdu in enumerate(hdul):
@@ -185,7 +187,7 @@ def _check_complete(path: str, hdul: fits.HDUList, indices: list[int]) -> None:
 
 def _read_fits_planes(path: str, spec: InputSpec, mismatch: float, single: bool) -> tuple[dict[str, np.ndarray], WCS | None]:
     """Return ``{band: 2-D float64 plane}`` (or ``{"": plane}`` when ``single``) and the WCS."""
-    bands = _file_order(spec.lupton.bands)
+    bands = file_band_order(spec.lupton.bands)
     fh = _open_binary(path)
     with fh:  # our handle: closed even when astropy fails half-way through opening
         try:
@@ -361,7 +363,6 @@ def read_cutout(source: Source | str, spec: InputSpec, max_size_mismatch: float 
         shapes = {b: p.shape for b, p in planes.items()}
         if len(set(shapes.values())) != 1:
             raise _fail(source.id, f"band files have different shapes {shapes}")
-        check_size(source.id, *next(iter(shapes.values())), spec, max_size_mismatch)
         ref = spec.lupton.bands[1].lower()
         wcs = wcs_by_band.get(ref) or next((w for w in wcs_by_band.values() if w is not None), None)
         cube = np.stack([planes[b.lower()] for b in spec.lupton.bands])

@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
-INPUT_NAME = "images"
+from clumpdet.engine.contracts import INPUT_NAME, OUTPUT_NAMES
 
 
 def _cudart() -> Any:
@@ -69,7 +68,7 @@ class TensorRTBackend:
         except ImportError as err:
             msg = f"{path}: running a TensorRT plan needs tensorrt>=10 (pip install 'clumpdet[tensorrt]')"
             raise ValueError(msg) from err
-        meta_path = path + ".json"
+        meta_path = plan_metadata_path(path)
         try:
             with open(meta_path, encoding="utf-8") as fh:
                 self.props = {str(k): str(v) for k, v in json.load(fh).items()}

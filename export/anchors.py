@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.poolers import _setup_scales
 
+from clumpdet.train.data.crop import crop_window
 from clumpdet.train.presets import Preset
 
 
@@ -55,11 +56,8 @@ def probe_geometry(model: nn.Module, preset: Preset) -> InputGeometry:
         If the transform's resize or normalisation differs from ``preset.input``.
     """
     spec = preset.input
-    crop = spec.crop if spec.crop is not None else (0, 0, spec.width, spec.height)
+    crop = crop_window(spec)
     x0, y0, cw, ch = crop
-    if x0 < 0 or y0 < 0 or x0 + cw > spec.width or y0 + ch > spec.height:
-        msg = f"anchors.py: crop {crop} does not fit inside the {spec.width}x{spec.height} input"
-        raise ValueError(msg)
     transform = model.transform
     was_training = transform.training
     transform.eval()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from clumpdet.engine import __version__ as clumpdet_version
-from clumpdet.engine.contracts import ModelMetadata, PostProcessConfig
+from clumpdet.engine.contracts import INPUT_NAME, OUTPUT_NAMES, ModelMetadata, PostProcessConfig
 from clumpdet.export.checks import check_tensorrt_ready
 from clumpdet.export.nms_fixed import ONNX_TRANSLATIONS
 from clumpdet.export.wrapper import ExportWrapper
@@ -38,8 +38,6 @@ OPSET = 18
 MAX_BATCH = 64
 #: Batch size of the example traced through the exporter (any size > 1 keeps the axis symbolic).
 _EXAMPLE_BATCH = 2
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
 
 
 def export_onnx(

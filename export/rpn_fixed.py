@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.rpn import permute_and_flatten
+from torchvision.ops.boxes import clip_boxes_to_image as clip_boxes
 
 from clumpdet.export.anchors import FeatureLayout
 from clumpdet.export.nms_fixed import nms_topk
@@ -113,14 +114,6 @@ class RpnFixed(nn.Module):
         )
         proposals = torch.gather(boxes, 1, index[:, :, None].expand(-1, -1, 4))
         return proposals, kept > -0.5
-
-
-def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Clamp ``[..., 4]`` ``(x1, y1, x2, y2)`` boxes to ``[0, width] x [0, height]``."""
-    height, width = size
-    x = boxes[..., 0::2].clamp(min=0.0, max=float(width))
-    y = boxes[..., 1::2].clamp(min=0.0, max=float(height))
-    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
 
 
 def box_sizes_at_least(boxes: Tensor, min_size: float) -> Tensor:

@@ -25,6 +25,7 @@ from torchvision.ops import nms
 
 from clumpdet.engine.contracts import PostProcessConfig
 from clumpdet.engine.metrics import Detections
+from clumpdet.train.data.crop import crop_image, crop_window
 from clumpdet.train.presets import Preset
 
 
@@ -137,10 +138,9 @@ def predict(
     _check_images(images, preset)
     if len(images) == 0:
         return []
-    crop = preset.input.crop
-    x0, y0 = (0, 0) if crop is None else crop[:2]
-    if crop is not None:
-        images = images[:, :, y0:y0 + crop[3], x0:x0 + crop[2]]
+    window = crop_window(preset.input)
+    images = crop_image(images, window)
+    x0, y0 = window[:2]
     device = next(model.parameters()).device
     heads = model.roi_heads
     saved = (heads.score_thresh, heads.nms_thresh, heads.detections_per_img, model.training)

@@ -42,7 +42,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from clumpdet.engine import __version__
-from clumpdet.engine.detector import INPUT_NAME, OUTPUT_NAMES
+from clumpdet.engine.contracts import INPUT_NAME, OUTPUT_NAMES
 from clumpdet.engine.readers import InputError
 from clumpdet.engine.serve.batcher import DynamicBatcher, Overloaded
 from clumpdet.engine.serve.metrics import ServeMetrics

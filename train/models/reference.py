@@ -29,6 +29,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from clumpdet.train.data.crop import crop_window
 from clumpdet.train.models.resnet_backbone import build_resnet50_fpn_backbone
 from clumpdet.train.models.timm_backbone import build_timm_fpn_backbone
 from clumpdet.train.presets import Preset
@@ -52,7 +53,7 @@ def transform_sizes(preset: Preset) -> tuple[int, int]:
     Raises ``ValueError`` if the crop and ``internal_size`` differ in aspect ratio.
     """
     inp = preset.input
-    _, _, width, height = inp.crop if inp.crop is not None else (0, 0, inp.width, inp.height)
+    _, _, width, height = crop_window(inp)
     internal_h, internal_w = inp.internal_size
     if internal_h * width != internal_w * height:
         msg = (

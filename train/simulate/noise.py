@@ -53,7 +53,6 @@ def observe(rng: np.random.Generator, model: np.ndarray, sky: np.ndarray, p: Sim
         float32 ``(3, H, W)``: ``model + noise``, i.e. nmgy per pixel with the
         (exactly known) sky subtracted; noise variance as :func:`variance_band`.
     """
-    e = electrons_per_nmgy(p)[:, None, None]
-    rn = np.asarray(p.read_noise_e)[:, None, None]
-    sigma = np.sqrt((np.clip(model, 0.0, None) + sky[:, None, None]) / e + (rn / e) ** 2).astype(np.float32)
+    variance = np.stack([variance_band(model[b], float(sky[b]), p, b) for b in range(model.shape[0])])
+    sigma = np.sqrt(variance).astype(np.float32)
     return model.astype(np.float32) + sigma * rng.standard_normal(model.shape, dtype=np.float32)
