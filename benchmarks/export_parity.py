@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-synthetic", type=int, default=8)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 3, 8])
     parser.add_argument("--proposals", type=int, default=None, help="RPN proposals per image (export option)")
-    parser.add_argument("--roi-merge", choices=["auto", "canvas", "where"], default="auto")
+    parser.add_argument("--roi-merge", choices=["auto", "canvas", "gather", "where"], default="auto")
     parser.add_argument("--time", action="store_true", help="also time ORT vs eager at batch 1")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out-dir", default=None, help="keep the exported .onnx files here")

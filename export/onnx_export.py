@@ -13,6 +13,7 @@ rewriting, so the exporter and opset are recorded in the metadata.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from clumpdet.engine.contracts import INPUT_NAME, OUTPUT_NAMES, ModelMetadata, P
 from clumpdet.export.checks import check_tensorrt_ready
 from clumpdet.export.nms_fixed import ONNX_TRANSLATIONS
 from clumpdet.export.wrapper import ExportWrapper
+from clumpdet.train.checkpoints import preset_to_dict
 from clumpdet.train.presets import Preset
 
 # Pinned: torch.onnx dynamo exporter (torch.export + onnxscript), opset 18. The legacy
@@ -72,7 +74,7 @@ def export_onnx(
         Provenance written to the metadata.
     reference_metrics : dict, optional
         JSON-serialisable metrics of the reference model, written to the metadata.
-    roi_merge : {"auto", "canvas", "where"}
+    roi_merge : {"auto", "canvas", "gather", "where"}
         FPN level selection after RoIAlign.
     check : bool
         Run :func:`~clumpdet.export.checks.check_tensorrt_ready` on the result
@@ -118,7 +120,10 @@ def export_onnx(
         opset=OPSET,
         clumpdet_version=clumpdet_version,
     )
-    props = {**meta.to_props(), "clumpdet.proposals": str(wrapper.num_proposals)}
+    effective = preset.with_options(postprocess=wrapper.config, rpn_post_nms_top_n_test=wrapper.num_proposals)
+    props = {**meta.to_props(), "clumpdet.proposals": str(wrapper.num_proposals),
+             # the whole architecture, so the reference can be rebuilt from the file (export/reconstruct.py)
+             "clumpdet.preset_config": json.dumps(preset_to_dict(effective))}
     del proto.metadata_props[:]
     for key, value in sorted(props.items()):
         proto.metadata_props.add(key=key, value=value)

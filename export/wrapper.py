@@ -44,10 +44,10 @@ class ExportWrapper(nn.Module):
     proposals : int, optional
         Replaces ``preset.rpn_post_nms_top_n_test`` (proposals per image kept
         after the RPN's NMS; the box head runs on this many rows per image).
-    roi_merge : {"auto", "canvas", "where"}
+    roi_merge : {"auto", "canvas", "gather", "where"}
         How RoIs are pooled from the FPN levels (:mod:`clumpdet.export.roi_fixed`):
         ``"auto"`` uses the single-RoiAlign canvas where it equals torchvision
-        exactly (e.g. ``native``), else one RoiAlign per level.
+        exactly (e.g. ``native``), else one RoiAlign per level on its own RoIs.
     """
 
     def __init__(

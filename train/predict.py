@@ -16,7 +16,7 @@ Boxes are ``(x1, y1, x2, y2)``, pixel ``i`` spanning ``[i, i + 1)``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -107,6 +107,7 @@ def predict(
     preset: Preset,
     *,
     postprocess: PostProcessConfig | None = None,
+    tf32: bool = False,
 ) -> list[Detections]:
     """Run the reference detector and the whole post-processing chain.
 
@@ -126,6 +127,9 @@ def predict(
         ``detections_per_img`` are set on ``model.roi_heads`` for this call,
         then ``agnostic_nms_iou`` and ``final_score_thresh`` are applied.
         Default ``preset.postprocess``.
+    tf32 : bool
+        On CUDA, leave PyTorch's TF32 settings as they are (for timing what a
+        PyTorch user gets by default); ``False`` (default) forces IEEE fp32.
 
     Returns
     -------
@@ -148,7 +152,7 @@ def predict(
     heads.detections_per_img = config.detections_per_img
     try:
         model.eval()
-        with _ieee_fp32(device):
+        with _ieee_fp32(device) if not tf32 else nullcontext():
             outputs = model(list(images.to(device)))
     finally:
         heads.score_thresh, heads.nms_thresh, heads.detections_per_img, training = saved

@@ -45,7 +45,7 @@ def test_wrapper_rejects_training_mode_and_mismatched_preset(popp):
 
 
 def test_roi_merge_auto_picks_canvas_only_where_exact(popp, native):
-    assert ExportWrapper(popp.model, popp.preset).roi_align.merge == "where"  # image fills the P2 map
+    assert ExportWrapper(popp.model, popp.preset).roi_align.merge == "gather"  # image fills the P2 map
     canvas = ExportWrapper(native.model, native.preset)
     assert canvas.roi_align.merge == "canvas"  # 80 px image in a 96 px padded frame
     where = ExportWrapper(native.model, native.preset, roi_merge="where")
@@ -58,3 +58,21 @@ def test_roi_merge_auto_picks_canvas_only_where_exact(popp, native):
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="merge"):
         ExportWrapper(native.model, native.preset, roi_merge="scatter")
+
+
+@pytest.mark.parametrize("spread", ["all levels", "one level"])
+def test_gather_merge_pools_each_roi_once_and_equals_where(popp, spread):
+    gather = ExportWrapper(popp.model, popp.preset)
+    where = ExportWrapper(popp.model, popp.preset, roi_merge="where")
+    images = make_images(2, seed=9)
+    with torch.no_grad():
+        features = popp.model.backbone(gather.preprocess(images))
+        proposals, _ = gather.rpn(list(features.values()))
+        if spread == "one level":  # every RoI tiny: the other levels get none (empty RoiAlign calls)
+            proposals = torch.cat([proposals[..., :2], proposals[..., :2] + 3.0], dim=-1)
+        levels = gather.roi_align.mapper([proposals.reshape(-1, 4)])
+        a = gather.roi_align(features, proposals)
+        b = where.roi_align(features, proposals)
+    # 128 px images never reach P4/P5, so even "all levels" has empty levels (ORT runs them in test_parity)
+    assert len(torch.unique(levels)) == (1 if spread == "one level" else 2)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
