@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import statistics
@@ -34,7 +35,13 @@ from benchmarks.bench_quality import DET_IOU, DET_MATCH_MIN, TOL, parity, qualit
 from benchmarks.report import environment, write_report
 from clumpdet.engine.metrics import Detections
 
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = "data/sim1000"
+#: Simulated when neither ``--data`` nor :data:`DEFAULT_IMAGES` exists: images 0..n-1 of seed 0,
+#: i.e. the first images of ``clumpdet simulate --n 1000 --seed 0`` (each image depends on its index only).
+FALLBACK_IMAGES = "data/bench_sim_seed0"
+#: The reference of ``--preset native`` when no checkpoint is given: the bundled model, read back.
+BUNDLED_MODEL = REPO / "models" / "clumpdet-native-sim.onnx"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REFERENCE = "torch-eager"
 
@@ -72,7 +79,7 @@ def _unavailable_rows(models) -> tuple[list[BackendSpec], list[dict]]:
 def _int8(models, images: ImageSet, notes: list[str], work: Path, threads: int | None) -> tuple[list[BackendSpec], list[dict]]:
     """The engine int8 row (:func:`clumpdet.export.quantize.quantize_backbone`, CPU target, minmax)."""
     try:
-        from clumpdet.export.quantize import quantize_backbone
+        from clumpdet.export.quantize import RECOMMENDED_ALSO, quantize_backbone
     except ImportError as err:
         return [], [{"name": "engine-ort-int8", "status": f"unavailable: clumpdet.export.quantize not importable ({err})"}]
     calib = images.calib_paths
@@ -80,13 +87,35 @@ def _int8(models, images: ImageSet, notes: list[str], work: Path, threads: int |
         calib = images.paths
         notes.append("int8 calibrated on the benchmark images themselves (the set has no other images)")
     else:
-        notes.append(f"int8: backbone+FPN QDQ, minmax calibration on {len(calib)} other images of the set")
+        notes.append(f"int8: backbone+FPN and {', '.join(RECOMMENDED_ALSO)} QDQ, minmax calibration on "
+                     f"{len(calib)} other images of the set")
     try:
         out = quantize_backbone(models.engine_onnx, work / "engine_int8.onnx", calib, num_images=len(calib),
-                                batch_size=4, target="cpu")
+                                batch_size=4, target="cpu", also=RECOMMENDED_ALSO)
     except Exception as err:  # noqa: BLE001 - a row, not a crash
         return [], [{"name": "engine-ort-int8", "status": f"unavailable: quantization failed: {type(err).__name__}: {err}"[:300]}]
     return [BackendSpec("engine-ort-int8", "engine", str(out), precision="int8", threads=threads)], []
+
+
+def _compare_spec(name: str, preset, x: np.ndarray, work: Path, threads: int | None):
+    """Speed-only row: another preset's PyTorch reference (random calibrated weights) on the same images.
+
+    Returns ``(spec, None)`` or ``(None, unavailable_row)``. Its detections are not
+    compared (another model); it is timed at batch 1 in the same interleaved rounds.
+    """
+    from benchmarks.bench_models import reference_model
+    from clumpdet.train.checkpoints import save_checkpoint
+    from clumpdet.train.presets import get_preset
+
+    label = f"{name}-torch-eager"
+    other = get_preset(name)
+    if (other.input.height, other.input.width) != (preset.input.height, preset.input.width):
+        return None, {"name": label, "status": f"unavailable: {name} takes {other.input.height}x{other.input.width} "
+                                               f"inputs, {preset.name} {preset.input.height}x{preset.input.width}"}
+    model, other = reference_model(other, None, x)
+    ckpt, _ = save_checkpoint(model, other, work / f"compare_{name}.safetensors",
+                              extra={"source": "random weights, calibrated FrozenBN (speed only)"})
+    return BackendSpec(label, "torch", str(ckpt), threads=threads, options={"speed_only": True}), None
 
 
 def _unpack(packed) -> list[Detections]:
@@ -108,7 +137,8 @@ def _timing_summary(model_s: list[float], batch: int, e2e_s: list[float], n_e2e:
 def run_bench(images: ImageSet, preset, *, checkpoint: str | None = None, batch_sizes=(1, 4, 16), repeats: int = 5,
               warmup: int = 1, e2e_repeats: int = 2, threads: int | None = None, naive: bool = True,
               proposals: int | None = None, extra_backends: tuple = (), ceiling_n: int = 2048, n_boot: int = 200,
-              command: str = "", work_dir: str | None = None, timeout_s: float = 1800.0) -> dict:
+              command: str = "", work_dir: str | None = None, timeout_s: float = 1800.0,
+              compare_preset: str | None = None) -> dict:
     """Run the whole benchmark and return the result dict (:mod:`benchmarks.report` writes it).
 
     Parameters
@@ -127,9 +157,12 @@ def run_bench(images: ImageSet, preset, *, checkpoint: str | None = None, batch_
         Intra-op threads of every backend (``None``: each library's default, i.e. all cores).
     extra_backends : sequence of BackendSpec
         More rows (e.g. another export), compared to the reference like the others.
+    compare_preset : str, optional
+        Also time that preset's PyTorch reference (random weights, speed only, batch 1)
+        in the same rounds, so that the ratio between presets is measured side by side.
     """
     from benchmarks.bench_models import prepare
-    from benchmarks.ceiling import GemmProbe, gemm_ceiling
+    from benchmarks.ceiling import GemmProbe, gemm_ceiling, int8_gemm_rate
     from benchmarks.flops import count_flops
     from clumpdet.train.presets import get_preset
 
@@ -158,17 +191,22 @@ def run_bench(images: ImageSet, preset, *, checkpoint: str | None = None, batch_
         more, more_rows = _unavailable_rows(models)
         specs += int8_specs + more + [s for s in extra_backends]
         rows += more_rows
+        if compare_preset and compare_preset != preset.name:
+            spec, row = _compare_spec(compare_preset, preset, x, work / "models", threads)
+            specs += [spec] if spec else []
+            rows += [row] if row else []
         for s in specs:
             p = BackendProcess(s, props, str(work / "images.npy"), timeout_s=timeout_s)
             procs.append(p)
         live = [p for p in procs if not p.error]
+        checked = [p for p in live if not p.spec.options.get("speed_only")]
         results: dict[str, dict] = {p.spec.name: {"name": p.spec.name, "kind": p.spec.kind, "precision": p.spec.precision,
                                                   "status": "ok" if not p.error else f"unavailable: {p.error}"}
                                     for p in procs}
         # 1. validate
         vb = min(max(batch_sizes), len(x))
         dets: dict[str, list[Detections]] = {}
-        for p in live:
+        for p in checked:
             packed, secs = p.call("validate", vb)
             dets[p.spec.name] = _unpack(packed)
             results[p.spec.name]["validation_s"] = secs
@@ -177,7 +215,7 @@ def run_bench(images: ImageSet, preset, *, checkpoint: str | None = None, batch_
             raise RuntimeError(msg)
         thresh = preset.postprocess.final_score_thresh
         quals = {n: quality(d, images.truths, thresh, n_boot) for n, d in dets.items()} if images.truths else {}
-        for p in live:
+        for p in checked:
             n = p.spec.name
             results[n]["quality"] = quals.get(n)
             results[n]["n_detections"] = int(sum(map(len, dets[n])))
@@ -188,19 +226,25 @@ def run_bench(images: ImageSet, preset, *, checkpoint: str | None = None, batch_
             sep = sep_quality(images.fits_paths, images.truths, n_boot)
         # 2. the ceiling and FLOPs, in the same run
         first = gemm_ceiling(ceiling_n, repeats=max(3, repeats), threads=threads)
+        first.update({k: v for k, v in int8_gemm_rate(ceiling_n, max(3, repeats), threads).items() if k != "n"})
         probe = GemmProbe(ceiling_n, threads=threads)
         flops = count_flops(models.model, preset)
         # 3. warm up, then interleaved repeats (rotate the order each round)
+        def timed_batches(p):  # speed-only rows (another preset): batch 1 only
+            return [min(batch_sizes)] if p.spec.options.get("speed_only") else batch_sizes
+
         for p in live:
-            for b in batch_sizes:
+            for b in timed_batches(p):
                 for _ in range(warmup):
                     p.call("model", (b, 0))
-        times: dict[tuple[str, int], list[float]] = {(p.spec.name, b): [] for p in live for b in batch_sizes}
+        times: dict[tuple[str, int], list[float]] = {(p.spec.name, b): [] for p in live for b in timed_batches(p)}
         consistent = {p.spec.name: 1.0 for p in live}
         for r in range(repeats):
             order = live[r % len(live):] + live[: r % len(live)]
             for b in batch_sizes:
                 for p in order:
+                    if b not in timed_batches(p):
+                        continue
                     dt, frac = p.call("model", (b, (r * b) % len(x)))
                     times[(p.spec.name, b)].append(dt)
                     consistent[p.spec.name] = min(consistent[p.spec.name], 1.0 if frac is None else frac)
@@ -208,7 +252,7 @@ def run_bench(images: ImageSet, preset, *, checkpoint: str | None = None, batch_
         e2e = {(p.spec.name, b): [] for p in live for b in batch_sizes}
         workers = min(2, os.cpu_count() or 1)
         for r in range(e2e_repeats):
-            order = live[r % len(live):] + live[: r % len(live)]
+            order = checked[r % len(checked):] + checked[: r % len(checked)]
             for b in batch_sizes:
                 for p in order:
                     secs, _ = p.call("e2e", (b, list(images.paths), workers))
@@ -219,16 +263,29 @@ def run_bench(images: ImageSet, preset, *, checkpoint: str | None = None, batch_
             n = p.spec.name
             results[n]["peak_rss_bytes"] = p.call("rss")
             results[n]["batch_consistency_min_match"] = consistent[n]
-            results[n]["timings"] = [_timing_summary(times[(n, b)], b, e2e[(n, b)], len(images)) for b in batch_sizes]
+            results[n]["timings"] = [_timing_summary(times[(n, b)], b, e2e[(n, b)], len(images))
+                                     for b in timed_batches(p)]
+            if p.spec.options.get("speed_only"):
+                results[n].update(speed_only=True, preset=compare_preset)
+                continue
+            # int8 floor: backbone+FPN and RPN at the int8 rate, the rest at the fp32 rate
+            int8_floor = ((flops["backbone_fpn"] + flops["rpn"]) / (ceiling["int8_gops"] * 1e9)
+                          + (flops["total"] - flops["backbone_fpn"] - flops["rpn"]) / (ceiling["ceiling_gflops"] * 1e9)
+                          if ceiling.get("int8_gops") else None)
             for t in results[n]["timings"]:
                 t["achieved_gflops"] = flops["total"] * t["model_images_per_s"] / 1e9
                 t["fraction_of_ceiling"] = t["achieved_gflops"] / ceiling["ceiling_gflops"]
+                if p.spec.precision == "int8" and int8_floor:
+                    t["fraction_of_int8_floor"] = int8_floor * t["model_images_per_s"]
         for n in results:
             for t in results[n].get("timings", []):
                 for other, key in (("naive-torchvision-onnx", "speedup_vs_naive"), (REFERENCE, "speedup_vs_reference")):
                     ot = next((u for u in results.get(other, {}).get("timings", []) if u["batch"] == t["batch"]), None)
                     if ot:
                         t[key] = t["model_images_per_s"] / ot["model_images_per_s"]
+                slow = results.get(f"{compare_preset}-torch-eager", {}).get("timings")
+                if slow and not results[n].get("speed_only"):  # vs the other preset's reference at batch 1
+                    t["speedup_vs_compare"] = t["model_images_per_s"] / slow[0]["model_images_per_s"]
     finally:
         for p in procs:
             p.close()
@@ -246,6 +303,7 @@ def run_bench(images: ImageSet, preset, *, checkpoint: str | None = None, batch_
                    "images": images.name, "n_images": len(images), "has_truth": images.truths is not None,
                    "batch_sizes": batch_sizes, "repeats": repeats, "warmup": warmup, "e2e_repeats": e2e_repeats,
                    "threads": threads or "library default", "proposals": preset.rpn_post_nms_top_n_test,
+                   "compare_preset": compare_preset,
                    "tol": TOL, "det_iou": DET_IOU, "det_match_min": DET_MATCH_MIN,
                    "naive_exports": {str(k): (v if v.startswith("unavailable") else os.path.basename(v))
                                      for k, v in models.naive_onnx.items()}},
@@ -258,9 +316,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m benchmarks.bench`` / ``clumpdet bench``."""
     parser.add_argument("--preset", default="native", help="preset name (default native)")
     parser.add_argument("--checkpoint", default=None,
-                        help="ours (.safetensors) or a published .pth; default: random calibrated weights (flagged)")
-    parser.add_argument("--data", default=DEFAULT_IMAGES,
-                        help="'clumpdet simulate' directory, or image files/globs/dirs (default data/sim1000)")
+                        help="ours (.safetensors), a published .pth, or an exported .onnx (weights read back); "
+                             "default: the bundled model for native, random calibrated weights (flagged) otherwise")
+    parser.add_argument("--random-weights", action="store_true", help="random calibrated weights even for native")
+    parser.add_argument("--data", default=None,
+                        help="'clumpdet simulate' directory, or image files/globs/dirs (default data/sim1000 if "
+                             f"present, else {FALLBACK_IMAGES}, simulated on first use)")
+    parser.add_argument("--compare-preset", default="popp2024",
+                        help="also time this preset's PyTorch reference at batch 1, speed only ('none': skip)")
     parser.add_argument("--truth", default=None, help="COCO JSON truth for user images")
     parser.add_argument("--fits", action="store_true", help="simulated sets: time FITS decoding instead of PNG")
     parser.add_argument("--images", type=int, default=32, help="number of images used (default 32)")
@@ -278,16 +341,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=str(RESULTS_DIR), help="results directory (default benchmarks/results)")
 
 
+def default_data(n_images: int) -> str:
+    """:data:`DEFAULT_IMAGES` if it exists, else :data:`FALLBACK_IMAGES`, simulated if it lacks images."""
+    if Path(DEFAULT_IMAGES).is_dir():
+        return DEFAULT_IMAGES
+    from benchmarks.bench_data import N_CALIB
+
+    need = n_images + N_CALIB
+    ann = Path(FALLBACK_IMAGES) / "annotations.json"
+    if not ann.is_file() or len(json.loads(ann.read_text())["images"]) < need:
+        from clumpdet.train.simulate import generate
+
+        print(f"bench: simulating {need} cutouts (seed 0) into {FALLBACK_IMAGES}", file=sys.stderr)
+        generate(need, 0, FALLBACK_IMAGES, workers=min(2, os.cpu_count() or 1))
+    return FALLBACK_IMAGES
+
+
+def default_checkpoint(preset: str, checkpoint: str | None, random_weights: bool) -> str | None:
+    """The checkpoint to use: the one given, else the bundled model for ``native``, else ``None`` (random)."""
+    if checkpoint or random_weights:
+        return None if random_weights else checkpoint
+    return str(BUNDLED_MODEL) if preset == "native" and BUNDLED_MODEL.is_file() else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run with parsed options; print the Markdown report; return the exit status."""
     from benchmarks.report import markdown
 
-    images = load_image_set(args.data, truth=args.truth, n_images=args.images, use_fits=args.fits)
+    data = args.data or default_data(args.images)
+    images = load_image_set(data, truth=args.truth, n_images=args.images, use_fits=args.fits)
     command = getattr(args, "command_line", None) or " ".join(shlex.quote(a) for a in sys.argv)
-    result = run_bench(images, args.preset, checkpoint=args.checkpoint, batch_sizes=args.batch_sizes,
+    checkpoint = default_checkpoint(args.preset, args.checkpoint, args.random_weights)
+    compare = None if args.compare_preset in ("none", "", args.preset) else args.compare_preset
+    result = run_bench(images, args.preset, checkpoint=checkpoint, batch_sizes=args.batch_sizes,
                        repeats=args.repeats, warmup=args.warmup, e2e_repeats=args.e2e_repeats, threads=args.threads,
                        naive=not args.no_naive, proposals=args.proposals, ceiling_n=args.ceiling_n,
-                       n_boot=args.n_boot, command=command)
+                       n_boot=args.n_boot, command=command, compare_preset=compare)
     result["name"] = args.name or f"{result['config']['preset']}_{len(images)}img"
     result["notes"] += list(args.note)
     files = write_report(result, args.out, result["name"])

@@ -43,7 +43,8 @@ class PreparedModels:
     checkpoint : str
         Our checkpoint (``.safetensors`` + ``.json``) of the exact weights.
     engine_onnx : str
-        The engine export (DESIGN §3).
+        The engine export (DESIGN §3): the given ``.onnx`` itself when the
+        reference was read back from one, else a fresh export.
     naive_onnx : dict of int to str
         Batch size -> legacy torchvision export; a str value starting with
         ``"unavailable:"`` says why an export failed.
@@ -70,8 +71,14 @@ class PreparedModels:
 def reference_model(preset: Preset | str, checkpoint: str | None, calib: np.ndarray, seed: int = 0):
     """``(model, preset)`` in eval mode: loaded, or random with FrozenBN calibrated on ``calib``.
 
+    ``checkpoint``: ours (``.safetensors``), a published ``.pth``, or an exported
+    ``.onnx`` whose weights are read back (:func:`clumpdet.export.reconstruct.reconstruct_model`).
     ``calib``: float32 ``[n, 3, H, W]`` uncropped model inputs (the first 4 are used).
     """
+    if checkpoint and checkpoint.endswith(".onnx"):
+        from clumpdet.export.reconstruct import reconstruct_model
+
+        return reconstruct_model(checkpoint)
     if checkpoint:
         return load_model(checkpoint, None if checkpoint.endswith((".safetensors", ".json"))
                           else (get_preset(preset) if isinstance(preset, str) else preset))
@@ -122,8 +129,11 @@ def prepare(preset: Preset | str, checkpoint: str | None, calib: np.ndarray, out
     ckpt, _ = save_checkpoint(model, preset, out_dir / "reference.safetensors",
                               extra={"source": checkpoint or "random weights, calibrated FrozenBN"})
     sha = sha256_file(checkpoint) if checkpoint else ""
-    engine = export_onnx(model, preset, out_dir / "engine.onnx", checkpoint_sha256=sha,
-                         training_data="benchmark run")
+    if checkpoint and checkpoint.endswith(".onnx") and proposals is None:
+        engine = Path(checkpoint)  # the shipped file itself, against the reference read back from it
+    else:
+        engine = export_onnx(model, preset, out_dir / "engine.onnx", checkpoint_sha256=sha,
+                             training_data="benchmark run")
     naive_paths: dict[int, str] = {}
     for b in batch_sizes:
         if not naive:

@@ -5,6 +5,10 @@ A square ``n x n`` single-precision matrix product (``2 n^3`` FLOP) through nump
 warm-up and the median of ``repeats`` timed products. The larger of the two is
 the ceiling against which achieved FLOP/s are reported.
 
+The int8 ceiling (:func:`int8_gemm_rate`) is a ``MatMulInteger`` (uint8 x int8 ->
+int32, ``2 n^3`` integer operations) run by onnxruntime, i.e. the same MLAS
+kernels (AVX-512 VNNI where the CPU has it) as the engine's int8 models.
+
 On a shared machine one measurement catches whatever else runs at that moment;
 :class:`GemmProbe` therefore also takes one sample of each library per timing
 round of the benchmark (interleaved with the backends), and the ceiling is the
@@ -80,6 +84,42 @@ def gemm_ceiling(n: int = 2048, repeats: int = 5, threads: int | None = None, se
     return out
 
 
+class Int8Gemm:
+    """A square uint8 x int8 ``MatMulInteger`` in onnxruntime; :meth:`gops` times one product."""
+
+    def __init__(self, n: int = 2048, threads: int | None = None, seed: int = 0) -> None:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        rng = np.random.default_rng(seed)
+        self.n = n
+        self.a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+        b = numpy_helper.from_array(rng.integers(-128, 128, (n, n), dtype=np.int8), "b")
+        graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_gemm",
+                                  [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+                                  [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])], [b])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads or 0)
+        self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        onnx.checker.check_model(model)
+
+    def gops(self) -> float:
+        """Integer GOP/s of one timed product."""
+        t0 = time.perf_counter()
+        self.session.run(None, {"a": self.a})
+        return 2.0 * self.n**3 / (time.perf_counter() - t0) / 1e9
+
+
+def int8_gemm_rate(n: int = 2048, repeats: int = 5, threads: int | None = None) -> dict:
+    """Median int8 GEMM rate (onnxruntime ``MatMulInteger``, after one warm-up): ``{"n", "int8_gops"}``."""
+    gemm = Int8Gemm(n, threads)
+    gemm.gops()
+    return {"n": n, "kernel": "onnxruntime MatMulInteger u8 x s8 -> s32",
+            "int8_gops": statistics.median(gemm.gops() for _ in range(repeats))}
+
+
 class GemmProbe:
     """Repeated single GEMM samples, taken between the benchmark's timing rounds.
 
@@ -97,10 +137,16 @@ class GemmProbe:
         self.a = rng.standard_normal((n, n), dtype=np.float32)
         self.b = rng.standard_normal((n, n), dtype=np.float32)
         self.flop = 2.0 * n**3
-        self.samples: dict[str, list[float]] = {"numpy": [], "torch": []}
+        self.samples: dict[str, list[float]] = {"numpy": [], "torch": [], "int8": []}
+        try:
+            self.int8: Int8Gemm | None = Int8Gemm(n, threads, seed)
+        except ImportError:  # onnx missing: fp32 ceiling only
+            self.int8 = None
 
     def sample(self) -> None:
-        """Time one product per library (GFLOP/s appended to :attr:`samples`)."""
+        """Time one product per library and one int8 product (G(FL)OP/s appended to :attr:`samples`)."""
+        if self.int8 is not None:
+            self.samples["int8"].append(self.int8.gops())
         t0 = time.perf_counter()
         _ = self.a @ self.b
         self.samples["numpy"].append(self.flop / (time.perf_counter() - t0) / 1e9)
@@ -128,5 +174,9 @@ class GemmProbe:
             out[f"{lib}_gflops"] = statistics.median(vals) if vals else None
             out[f"{lib}_gflops_max"] = max(vals) if vals else None
         out["ceiling_gflops"] = max(v for v in (out["numpy_gflops"], out["torch_gflops"]) if v is not None)
+        ints = [v for v in [first.get("int8_gops")] + self.samples["int8"] if v is not None]
+        out["int8_gops_samples"] = ints
+        out["int8_gops"] = statistics.median(ints) if ints else None
+        out["int8_gops_max"] = max(ints) if ints else None
         out["statistic"] = "median over the up-front measurement and one sample per timing round"
         return out

@@ -98,9 +98,16 @@ def _fmt(v, digits: int = 4):
 def table_rows(result: dict) -> list[dict]:
     """One row per backend and batch size (unavailable backends: one row with the reason)."""
     rows = []
+    compare = result["config"].get("compare_preset")
     for be in result["backends"]:
         if be["status"] != "ok":
             rows.append({"backend": be["name"], "parity": be["status"]})
+            continue
+        if be.get("speed_only"):
+            rows += [{"backend": be["name"], "parity": f"speed only ({be['preset']}, random weights)",
+                      "batch": t["batch"], "ms/img median": _fmt(t["model_ms_per_image_median"]),
+                      "ms/call p95": _fmt(t["model_ms_p95"]), "img/s model": _fmt(t["model_images_per_s"]),
+                      "peak RSS MB": _fmt(be.get("peak_rss_bytes", float("nan")) / 1e6)} for t in be["timings"]]
             continue
         par = be["parity"]
         for t in be["timings"]:
@@ -109,7 +116,9 @@ def table_rows(result: dict) -> list[dict]:
                 "ms/img median": _fmt(t["model_ms_per_image_median"]), "ms/call p95": _fmt(t["model_ms_p95"]),
                 "img/s model": _fmt(t["model_images_per_s"]), "img/s e2e": _fmt(t.get("e2e_images_per_s")),
                 "x vs naive": _fmt(t.get("speedup_vs_naive")), "x vs eager": _fmt(t.get("speedup_vs_reference")),
+                **({f"x vs {compare} eager b1": _fmt(t.get("speedup_vs_compare"))} if compare else {}),
                 "GFLOP/s": _fmt(t.get("achieved_gflops")), "of ceiling": _fmt(t.get("fraction_of_ceiling")),
+                "of int8 floor": _fmt(t.get("fraction_of_int8_floor")) if "fraction_of_int8_floor" in t else "",
                 "peak RSS MB": _fmt(be.get("peak_rss_bytes", float("nan")) / 1e6),
                 "|dC|": _fmt(par.get("abs_delta_completeness")), "|dP|": _fmt(par.get("abs_delta_purity")),
                 "det match": _fmt(par["detection"]["matched_fraction"]),
@@ -153,7 +162,14 @@ def markdown(result: dict) -> str:
               f"{len(ce.get('numpy_gflops_samples', []))} samples per library): numpy {_fmt(ce['numpy_gflops'])} "
               f"GFLOP/s (max {_fmt(ce.get('numpy_gflops_max'))}), torch {_fmt(ce['torch_gflops'])} GFLOP/s (max "
               f"{_fmt(ce.get('torch_gflops_max'))}) -> ceiling {_fmt(ce['ceiling_gflops'])} GFLOP/s; fp32 floor at the ceiling: "
-              f"{_fmt(1e3 * fl['total'] / (ce['ceiling_gflops'] * 1e9))} ms/img.", ""]
+              f"{_fmt(1e3 * fl['total'] / (ce['ceiling_gflops'] * 1e9))} ms/img."]
+    if ce.get("int8_gops"):
+        floor = (fl["backbone_fpn"] + fl["rpn"]) / ce["int8_gops"] + (fl["box_head"] + fl["postprocess"]) / ce["ceiling_gflops"]
+        lines += ["", f"int8 GEMM ceiling ({ce.get('kernel', 'MatMulInteger')}, n={ce['n']}): {_fmt(ce['int8_gops'])} GOP/s "
+                  f"(max {_fmt(ce.get('int8_gops_max'))}), {_fmt(ce['int8_gops'] / ce['ceiling_gflops'])}x the fp32 ceiling; "
+                  f"int8 floor with backbone+FPN and RPN at that rate and the rest at the fp32 ceiling: "
+                  f"{_fmt(1e3 * floor / 1e9)} ms/img ('of int8 floor' = floor / measured time)."]
+    lines += [""]
     if result.get("sep"):
         s = result["sep"]
         lines += ["## sep baseline (same images)", "",
@@ -178,7 +194,8 @@ def plot(result: dict, out_dir: Path, stem: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for be in (b for b in result["backends"] if b["status"] == "ok"):
         ts = be["timings"]
-        tag = "" if be["parity"]["verdict"] == "PASS" else f" [{be['parity']['verdict']}]"
+        verdict = "speed only" if be.get("speed_only") else be["parity"]["verdict"]
+        tag = "" if verdict == "PASS" else f" [{verdict}]"
         line, = ax.plot([t["batch"] for t in ts], [t["model_images_per_s"] for t in ts], "o-",
                         label=f"{be['name']}{tag}")
         e2e = [t.get("e2e_images_per_s") for t in ts]

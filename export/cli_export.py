@@ -44,12 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write a Triton model repository DIR/<name>/{config.pbtxt,1/model.onnx} (export/triton_repo.py)",
     )
     parser.add_argument("--int8", metavar="CALIB", default=None,
-                        help="also write an int8 (QDQ backbone+FPN) copy calibrated on these cutouts "
+                        help="also write an int8 (QDQ backbone+FPN+RPN conv) copy calibrated on these cutouts "
                         "(dir, glob, @list)")
     parser.add_argument("--int8-method", choices=("minmax", "percentile", "entropy"), default="minmax",
                         help="activation calibration for --int8 (default minmax)")
     parser.add_argument("--int8-images", type=int, default=32, help="calibration images for --int8 (default 32)")
     parser.add_argument("--int8-out", default=None, help="int8 output path (default <out>.int8.onnx)")
+    parser.add_argument("--int8-backbone-only", action="store_true",
+                        help="quantise only backbone+FPN (default: also the RPN's 3x3 convolution)")
     parser.add_argument("--tensorrt", choices=("fp16", "int8"), default=None,
                         help="also build a TensorRT plan (needs tensorrt>=10; int8 needs --int8); else prints trtexec")
     parser.add_argument("--plan", default=None, help="TensorRT plan path (default <out>.<precision>.plan)")
@@ -96,11 +98,13 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"wrote Triton model repository {write_triton_repo(out, args.triton_repo)}")
     if args.int8:
-        from clumpdet.export.quantize import quantize_backbone
+        from clumpdet.export.quantize import RECOMMENDED_ALSO, quantize_backbone
 
+        also = () if args.int8_backbone_only else RECOMMENDED_ALSO
         int8_out = quantize_backbone(out, args.int8_out or out.with_suffix(".int8.onnx"), [args.int8],
-                                     method=args.int8_method, num_images=args.int8_images)
-        print(f"wrote {int8_out} (int8 QDQ backbone+FPN, {args.int8_method} calibration)")
+                                     method=args.int8_method, num_images=args.int8_images, also=also)
+        print(f"wrote {int8_out} (int8 QDQ backbone+FPN{' + ' + ', '.join(also) if also else ''}, "
+              f"{args.int8_method} calibration)")
     if args.tensorrt:
         from clumpdet.export.tensorrt_build import TensorRTUnavailableError, build_engine
 

@@ -57,7 +57,8 @@ def bench(tmp_path_factory):
                          postprocess=dataclasses.replace(TINY.postprocess, final_score_thresh=wrong))
     result = run_bench(images, TINY, checkpoint=str(ckpt), batch_sizes=(1, 2), repeats=2, e2e_repeats=1,
                        threads=1, ceiling_n=256, n_boot=0, command="pytest",
-                       extra_backends=(BackendSpec("broken-threshold", "engine", str(broken), threads=1),))
+                       extra_backends=(BackendSpec("broken-threshold", "engine", str(broken), threads=1),),
+                       compare_preset="popp2024")
     result["name"] = "tiny"
     return result, images
 
@@ -80,7 +81,9 @@ def test_json_structure(bench, tmp_path):
     assert loaded["flops"]["total"] == sum(loaded["flops"][k] for k in ("backbone_fpn", "rpn", "box_head", "postprocess"))
     assert loaded["flops"]["backbone_fpn"] > 0 and loaded["flops"]["box_head"] > 0
     assert loaded["ceiling"]["ceiling_gflops"] > 0
+    assert loaded["ceiling"]["int8_gops"] > 0 and len(loaded["ceiling"]["int8_gops_samples"]) == 1 + 2 + 1
     md = (tmp_path / "tiny.md").read_text()
+    assert "int8 GEMM ceiling" in md
     assert "| backend | parity |" in md and "naive" in md
     assert len(files["plots"]) == 2 and all((tmp_path / p.split("/")[-1]).stat().st_size > 1000 for p in files["plots"])
     rows = _by_name(loaded)
@@ -94,6 +97,15 @@ def test_json_structure(bench, tmp_path):
             assert 0 < t["fraction_of_ceiling"] and t["achieved_gflops"] > 0
         assert be["peak_rss_bytes"] > 50e6
         assert be["quality"]["class_agnostic"]["n_true"] == sum(map(len, images.truths))
+    assert all(0 < t["fraction_of_int8_floor"] for t in rows["engine-ort-int8"]["timings"])
+    # the other preset's reference: timed at batch 1 in the same rounds, never validated against this one
+    slow = rows["popp2024-torch-eager"]
+    assert slow["speed_only"] and slow["preset"] == "popp2024" and "parity" not in slow
+    assert [t["batch"] for t in slow["timings"]] == [1] and slow["timings"][0]["repeats"] == 2
+    fast = rows["engine-ort-fp32"]["timings"][0]
+    assert fast["speedup_vs_compare"] == pytest.approx(fast["model_images_per_s"] / slow["timings"][0]["model_images_per_s"])
+    assert fast["speedup_vs_compare"] > 1  # a 64 px native model beats an 800 px ResNet-50
+    assert "speed only (popp2024" in md
     # optional backends that this machine lacks are rows with a reason, not crashes
     for name in ("engine-ort-cuda", "engine-tensorrt-plan"):
         if rows[name]["status"] != "ok":

@@ -175,3 +175,25 @@ def test_bad_options(native, calib_dir, tmp_path):
         quantize_backbone(native.path, tmp_path / "x.onnx", [str(calib_dir)], method="kl")
     with pytest.raises(ValueError, match="unknown target"):
         quantize_backbone(native.path, tmp_path / "x.onnx", [str(calib_dir)], target="gpu")
+
+
+def test_also_quantises_the_rpn_conv_and_nothing_after_it(native, calib_dir, tmp_path):
+    from clumpdet.export.quantize import RECOMMENDED_ALSO
+
+    model = onnx.load(str(native.path))
+    base = nodes_to_quantize(model)
+    more = nodes_to_quantize(model, also=RECOMMENDED_ALSO)
+    extra = [n for n in model.graph.node if n.name in set(more) - set(base)]
+    # the one shared RPN 3x3 conv, once per FPN level; not its 1x1 objectness/box outputs
+    assert len(extra) == len(native.preset.anchor_sizes)
+    assert all(n.op_type == "Conv" and n.input[1].startswith("rpn.head.conv.") for n in extra)
+    out = quantize_backbone(native.path, tmp_path / "rpn.int8.onnx", [str(calib_dir)], batch_size=3,
+                            also=RECOMMENDED_ALSO)
+    q = onnx.load(str(out))
+    kinds = {t.name: t.data_type for t in q.graph.initializer}
+    assert any(k.startswith("rpn.head.conv.") and v == onnx.TensorProto.INT8 for k, v in kinds.items())
+    assert all(v == onnx.TensorProto.FLOAT for k, v in kinds.items() if k.startswith(("rpn.head.cls_logits",
+                                                                                        "rpn.head.bbox_pred")))
+    images = make_images(3, seed=21)
+    close = match_backends_all(run_ort(native.session, images)[0], run_ort(session(out), images)[0], iou_thresh=0.9)
+    assert close["n_ref"] > 0 and close["matched_fraction"] >= 0.8, close
