@@ -361,7 +361,12 @@ def default_checkpoint(preset: str, checkpoint: str | None, random_weights: bool
     """The checkpoint to use: the one given, else the bundled model for ``native``, else ``None`` (random)."""
     if checkpoint or random_weights:
         return None if random_weights else checkpoint
-    return str(BUNDLED_MODEL) if preset == "native" and BUNDLED_MODEL.is_file() else None
+    if preset != "native" or not BUNDLED_MODEL.is_file():
+        return None
+    try:  # as the report shows it: relative to where the command runs (a checkout's root)
+        return str(BUNDLED_MODEL.relative_to(Path.cwd()))
+    except ValueError:
+        return str(BUNDLED_MODEL)
 
 
 def run(args: argparse.Namespace) -> int:

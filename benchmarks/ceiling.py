@@ -1,9 +1,10 @@
 """The machine's fp32 GEMM ceiling, measured in the same run as the backends.
 
 A square ``n x n`` single-precision matrix product (``2 n^3`` FLOP) through numpy
-(its BLAS: OpenBLAS in the wheels) and through torch (oneDNN/MKL), with one
-warm-up and the median of ``repeats`` timed products. The larger of the two is
-the ceiling against which achieved FLOP/s are reported.
+(its BLAS: OpenBLAS in the wheels), through torch (oneDNN/MKL) and through
+onnxruntime (MLAS, which also runs the engine's convolutions), with one warm-up
+and the median of ``repeats`` timed products. The largest of the three is the
+ceiling against which achieved FLOP/s are reported.
 
 The int8 ceiling (:func:`int8_gemm_rate`) is a ``MatMulInteger`` (uint8 x int8 ->
 int32, ``2 n^3`` integer operations) run by onnxruntime, i.e. the same MLAS
@@ -50,7 +51,7 @@ def gemm_ceiling(n: int = 2048, repeats: int = 5, threads: int | None = None, se
     -------
     dict
         ``n``, ``flop`` (``2 n^3``), ``numpy_gflops``, ``torch_gflops``,
-        ``ceiling_gflops`` (the larger), ``numpy_blas`` (BLAS name when numpy tells).
+        ``ort_gflops``, ``ceiling_gflops`` (the largest), ``numpy_blas`` (BLAS name when numpy tells).
     """
     if n < 1 or repeats < 1:
         msg = f"ceiling.py: n and repeats must be >= 1, got {n}, {repeats}"
@@ -75,7 +76,15 @@ def gemm_ceiling(n: int = 2048, repeats: int = 5, threads: int | None = None, se
             out["torch_threads"] = torch.get_num_threads()
         finally:
             torch.set_num_threads(saved)
-    out["ceiling_gflops"] = max(v for v in (out["numpy_gflops"], out["torch_gflops"]) if v is not None)
+    try:
+        ort_gemm = OrtGemm(n, threads, seed, kind="fp32")
+    except ImportError:
+        out["ort_gflops"] = None
+    else:
+        ort_gemm.rate()
+        out["ort_gflops"] = statistics.median(ort_gemm.rate() for _ in range(repeats))
+    out["ceiling_gflops"] = max(v for v in (out["numpy_gflops"], out["torch_gflops"], out["ort_gflops"])
+                                if v is not None)
     try:
         cfg = np.show_config(mode="dicts")
         out["numpy_blas"] = cfg.get("Build Dependencies", {}).get("blas", {}).get("name", "")
@@ -84,29 +93,42 @@ def gemm_ceiling(n: int = 2048, repeats: int = 5, threads: int | None = None, se
     return out
 
 
-class Int8Gemm:
-    """A square uint8 x int8 ``MatMulInteger`` in onnxruntime; :meth:`gops` times one product."""
+class OrtGemm:
+    """A square GEMM run by onnxruntime (the engine's own MLAS kernels); :meth:`rate` times one product.
 
-    def __init__(self, n: int = 2048, threads: int | None = None, seed: int = 0) -> None:
+    ``kind="int8"``: ``MatMulInteger`` uint8 x int8 -> int32; ``kind="fp32"``: ``MatMul`` float32.
+    """
+
+    def __init__(self, n: int = 2048, threads: int | None = None, seed: int = 0, kind: str = "int8") -> None:
         import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
 
         rng = np.random.default_rng(seed)
         self.n = n
-        self.a = rng.integers(0, 256, (n, n), dtype=np.uint8)
-        b = numpy_helper.from_array(rng.integers(-128, 128, (n, n), dtype=np.int8), "b")
-        graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_gemm",
-                                  [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
-                                  [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])], [b])
+        if kind == "int8":
+            self.a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+            b = rng.integers(-128, 128, (n, n), dtype=np.int8)
+            op, a_type, y_type = "MatMulInteger", TensorProto.UINT8, TensorProto.INT32
+        elif kind == "fp32":
+            self.a = rng.standard_normal((n, n), dtype=np.float32)
+            b = rng.standard_normal((n, n), dtype=np.float32)
+            op, a_type, y_type = "MatMul", TensorProto.FLOAT, TensorProto.FLOAT
+        else:
+            msg = f"ceiling.py: kind must be 'int8' or 'fp32', got {kind!r}"
+            raise ValueError(msg)
+        graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], f"{kind}_gemm",
+                                  [helper.make_tensor_value_info("a", a_type, [n, n])],
+                                  [helper.make_tensor_value_info("y", y_type, [n, n])],
+                                  [numpy_helper.from_array(b, "b")])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        onnx.checker.check_model(model)
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads or 0)
         self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        onnx.checker.check_model(model)
 
-    def gops(self) -> float:
-        """Integer GOP/s of one timed product."""
+    def rate(self) -> float:
+        """G(FL)OP/s of one timed product (``2 n^3`` operations)."""
         t0 = time.perf_counter()
         self.session.run(None, {"a": self.a})
         return 2.0 * self.n**3 / (time.perf_counter() - t0) / 1e9
@@ -114,10 +136,10 @@ class Int8Gemm:
 
 def int8_gemm_rate(n: int = 2048, repeats: int = 5, threads: int | None = None) -> dict:
     """Median int8 GEMM rate (onnxruntime ``MatMulInteger``, after one warm-up): ``{"n", "int8_gops"}``."""
-    gemm = Int8Gemm(n, threads)
-    gemm.gops()
+    gemm = OrtGemm(n, threads, kind="int8")
+    gemm.rate()
     return {"n": n, "kernel": "onnxruntime MatMulInteger u8 x s8 -> s32",
-            "int8_gops": statistics.median(gemm.gops() for _ in range(repeats))}
+            "int8_gops": statistics.median(gemm.rate() for _ in range(repeats))}
 
 
 class GemmProbe:
@@ -137,16 +159,18 @@ class GemmProbe:
         self.a = rng.standard_normal((n, n), dtype=np.float32)
         self.b = rng.standard_normal((n, n), dtype=np.float32)
         self.flop = 2.0 * n**3
-        self.samples: dict[str, list[float]] = {"numpy": [], "torch": [], "int8": []}
+        self.samples: dict[str, list[float]] = {"numpy": [], "torch": [], "ort": [], "int8": []}
         try:
-            self.int8: Int8Gemm | None = Int8Gemm(n, threads, seed)
-        except ImportError:  # onnx missing: fp32 ceiling only
-            self.int8 = None
+            self.ort: OrtGemm | None = OrtGemm(n, threads, seed, kind="fp32")
+            self.int8: OrtGemm | None = OrtGemm(n, threads, seed, kind="int8")
+        except ImportError:  # onnx missing: numpy and torch only
+            self.ort = self.int8 = None
 
     def sample(self) -> None:
         """Time one product per library and one int8 product (G(FL)OP/s appended to :attr:`samples`)."""
-        if self.int8 is not None:
-            self.samples["int8"].append(self.int8.gops())
+        if self.ort is not None and self.int8 is not None:
+            self.samples["ort"].append(self.ort.rate())
+            self.samples["int8"].append(self.int8.rate())
         t0 = time.perf_counter()
         _ = self.a @ self.b
         self.samples["numpy"].append(self.flop / (time.perf_counter() - t0) / 1e9)
@@ -168,12 +192,13 @@ class GemmProbe:
     def summary(self, first: dict) -> dict:
         """Merge with :func:`gemm_ceiling`'s result ``first``: medians over every sample, and maxima."""
         out = dict(first)
-        for lib in ("numpy", "torch"):
+        for lib in ("numpy", "torch", "ort"):
             vals = [v for v in [first.get(f"{lib}_gflops")] + self.samples[lib] if v is not None]
             out[f"{lib}_gflops_samples"] = vals
             out[f"{lib}_gflops"] = statistics.median(vals) if vals else None
             out[f"{lib}_gflops_max"] = max(vals) if vals else None
-        out["ceiling_gflops"] = max(v for v in (out["numpy_gflops"], out["torch_gflops"]) if v is not None)
+        out["ceiling_gflops"] = max(v for v in (out["numpy_gflops"], out["torch_gflops"], out["ort_gflops"])
+                                    if v is not None)
         ints = [v for v in [first.get("int8_gops")] + self.samples["int8"] if v is not None]
         out["int8_gops_samples"] = ints
         out["int8_gops"] = statistics.median(ints) if ints else None

@@ -161,7 +161,8 @@ def markdown(result: dict) -> str:
               "", f"Box head on {fl['proposals']} proposals/img. fp32 GEMM ceiling (n={ce['n']}, {ce['statistic']}; "
               f"{len(ce.get('numpy_gflops_samples', []))} samples per library): numpy {_fmt(ce['numpy_gflops'])} "
               f"GFLOP/s (max {_fmt(ce.get('numpy_gflops_max'))}), torch {_fmt(ce['torch_gflops'])} GFLOP/s (max "
-              f"{_fmt(ce.get('torch_gflops_max'))}) -> ceiling {_fmt(ce['ceiling_gflops'])} GFLOP/s; fp32 floor at the ceiling: "
+              f"{_fmt(ce.get('torch_gflops_max'))}), onnxruntime {_fmt(ce.get('ort_gflops'))} GFLOP/s (max "
+              f"{_fmt(ce.get('ort_gflops_max'))}) -> ceiling {_fmt(ce['ceiling_gflops'])} GFLOP/s; fp32 floor at the ceiling: "
               f"{_fmt(1e3 * fl['total'] / (ce['ceiling_gflops'] * 1e9))} ms/img."]
     if ce.get("int8_gops"):
         floor = (fl["backbone_fpn"] + fl["rpn"]) / ce["int8_gops"] + (fl["box_head"] + fl["postprocess"]) / ce["ceiling_gflops"]
