@@ -197,3 +197,12 @@ def test_also_quantises_the_rpn_conv_and_nothing_after_it(native, calib_dir, tmp
     images = make_images(3, seed=21)
     close = match_backends_all(run_ort(native.session, images)[0], run_ort(session(out), images)[0], iou_thresh=0.9)
     assert close["n_ref"] > 0 and close["matched_fraction"] >= 0.8, close
+
+
+def test_depthwise_convolutions_stay_float32(native):
+    model = onnx.load(str(native.path))
+    grouped = {n.name for n in model.graph.node
+               if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+    assert grouped  # ConvNeXt's 7x7 depthwise convolutions
+    assert not grouped & set(nodes_to_quantize(model))
+    assert grouped <= set(nodes_to_quantize(model, keep_grouped_fp32=False))
