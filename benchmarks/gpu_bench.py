@@ -32,7 +32,6 @@ the device lease does: variants not reached get a ``skipped`` row.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import statistics
@@ -47,7 +46,7 @@ from clumpdet.engine.metrics import Detections, format_markdown_table
 from clumpdet.engine.parity import match_backends_all
 from clumpdet.train.checkpoints import load_model
 from clumpdet.train.models import build_model, calibrate_frozen_bn
-from clumpdet.train.predict import predict
+from clumpdet.train.predict import predict, tf32_mode
 from clumpdet.train.presets import POPP2024, get_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,16 +85,6 @@ def native_model(checkpoint: str | None):
         print(f"gpu_bench: {err}; using random weights for native", file=sys.stderr)
     torch.manual_seed(0)
     return build_model(get_preset("native")).eval(), get_preset("native"), "random weights (speed only)"
-
-
-@contextlib.contextmanager
-def _tf32(enabled: bool):
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class _Fp16Backbone(torch.nn.Module):
@@ -139,7 +128,7 @@ def make_variant(name: str, model, preset):
         return (lambda x: predict(model, x, preset)), "TF32 off (predict's default on CUDA)"
     if name == "torch-eager-tf32":
         def call(x):
-            with _tf32(True):
+            with tf32_mode(True):
                 return predict(model, x, preset, tf32=True)
         return call, "TF32 convolutions and matmuls (PyTorch's default)"
     if name in ("torch-fp16-backbone", "torch-compile-backbone"):
@@ -157,7 +146,7 @@ def make_variant(name: str, model, preset):
             return _graph_call(wrapper), "torch.cuda.CUDAGraph per batch size, fp32"
 
         def run(x):
-            with torch.no_grad(), _tf32(False):
+            with torch.no_grad(), tf32_mode(False):
                 return _wrapper_dets(wrapper(x), len(x))
         return run, "fixed-shape export wrapper, eager" + (", fp16 backbone" if "fp16" in name else ", fp32")
     msg = f"gpu_bench.py: unknown variant {name!r}"
@@ -174,12 +163,12 @@ def _graph_call(wrapper):
             static = x.clone()
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
-            with torch.no_grad(), _tf32(False), torch.cuda.stream(stream):
+            with torch.no_grad(), tf32_mode(False), torch.cuda.stream(stream):
                 for _ in range(2):
                     wrapper(static)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.no_grad(), _tf32(False), torch.cuda.graph(graph):
+            with torch.no_grad(), tf32_mode(False), torch.cuda.graph(graph):
                 outs = wrapper(static)
             graphs[key] = (graph, static, outs)
         graph, static, outs = graphs[key]

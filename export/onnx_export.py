@@ -24,7 +24,7 @@ from torch import nn
 from clumpdet.engine import __version__ as clumpdet_version
 from clumpdet.engine.contracts import INPUT_NAME, OUTPUT_NAMES, ModelMetadata, PostProcessConfig
 from clumpdet.export.checks import check_tensorrt_ready
-from clumpdet.export.gelu_order import reorder_gelus
+from clumpdet.export.gelu import reorder_gelus
 from clumpdet.export.nms_fixed import ONNX_TRANSLATIONS
 from clumpdet.export.wrapper import ExportWrapper
 from clumpdet.train.checkpoints import preset_to_dict

@@ -21,7 +21,8 @@ the engine will feed.
 
 Output format: QDQ (``QuantizeLinear``/``DequantizeLinear`` pairs in the default
 ONNX domain), weights int8 per output channel. ``target="cpu"`` uses uint8
-asymmetric activations (onnxruntime's fast x86 U8S8 kernels); ``target="tensorrt"``
+asymmetric activations (onnxruntime's fast x86 U8S8 kernels) and ONNX's ``Gelu``
+(opset 20, :func:`clumpdet.export.gelu.gelus_to_onnx_gelu`); ``target="tensorrt"``
 uses int8 symmetric activations and weights, which is the only form TensorRT's
 explicit quantisation accepts (see ``docs/tensorrt.md``).
 """
@@ -46,6 +47,7 @@ from onnxruntime.quantization import (
 from clumpdet.engine.contracts import ModelMetadata
 from clumpdet.engine.inputs import expand_inputs
 from clumpdet.engine.readers import read_cutout
+from clumpdet.export.gelu import GELU_OPSET, gelus_to_onnx_gelu
 
 #: Initializer-name prefix of the feature extractor (backbone body + FPN) in exported graphs.
 BACKBONE_PREFIX = "backbone."
@@ -266,7 +268,11 @@ def quantize_backbone(
         msg = f"quantize.py: unknown target {target!r} (choose from {', '.join(TARGETS)})"
         raise ValueError(msg)
     model = onnx.load(str(model_path))
+    # onnxruntime does not fuse the exporter's GELU inside a QDQ graph: ONNX's own Gelu for the CPU file
+    n_gelu = gelus_to_onnx_gelu(model) if target == "cpu" else 0
     props = {p.key: p.value for p in model.metadata_props}
+    if n_gelu:
+        props["clumpdet.opset"] = json.dumps(GELU_OPSET)
     metadata = ModelMetadata.from_props(props, source=str(model_path))
     if isinstance(calibration, CalibrationDataReader):
         reader = calibration
@@ -293,7 +299,8 @@ def quantize_backbone(
             extra_options=extra,
         )
         quantized = onnx.load(str(staged))
-    stem = (", stem fp32" if keep_first_fp32 else "") + (f", also {', '.join(also)}" if also else "")
+    stem = ((", stem fp32" if keep_first_fp32 else "") + (f", also {', '.join(also)}" if also else "")
+            + (f", {n_gelu} Gelu-{GELU_OPSET}" if n_gelu else ""))
     note = f" {INT8_NOTE} ({method_key}, {target}, {len(selected)} nodes{stem})"
     props["clumpdet.exporter"] = _json_append(props.get("clumpdet.exporter", '""'), note)
     del quantized.metadata_props[:]

@@ -66,18 +66,15 @@ def apply_agnostic_chain(
 
 
 @contextmanager
-def _ieee_fp32(device: torch.device) -> Iterator[None]:
-    """Disable TF32 convolutions/matmuls on CUDA for the call (global flags, restored after).
+def tf32_mode(enabled: bool) -> Iterator[None]:
+    """Set PyTorch's TF32 flags (cuDNN convolutions, CUDA matmuls) for the block; restored after.
 
     PyTorch runs fp32 convolutions on CUDA in TF32 by default; through ResNet-50
     that moves scores by ~1e-2 and reorders near-ties, too much for a parity
     reference (with it off, CUDA matches the CPU to ~2e-5 in score).
     """
-    if device.type != "cuda":
-        yield
-        return
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
     try:
         yield
     finally:
@@ -152,7 +149,7 @@ def predict(
     heads.detections_per_img = config.detections_per_img
     try:
         model.eval()
-        with _ieee_fp32(device) if not tf32 else nullcontext():
+        with tf32_mode(False) if device.type == "cuda" and not tf32 else nullcontext():
             outputs = model(list(images.to(device)))
     finally:
         heads.score_thresh, heads.nms_thresh, heads.detections_per_img, training = saved
