@@ -328,7 +328,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fits", action="store_true", help="simulated sets: time FITS decoding instead of PNG")
     parser.add_argument("--images", type=int, default=32, help="number of images used (default 32)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per backend and batch (default 5)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per backend and batch (default 7)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--e2e-repeats", type=int, default=2, help="end-to-end passes per backend and batch")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
