@@ -269,9 +269,9 @@ def run_bench(images: ImageSet, preset, *, checkpoint: str | None = None, batch_
                 results[n].update(speed_only=True, preset=compare_preset)
                 continue
             # int8 floor: backbone+FPN and RPN at the int8 rate, the rest at the fp32 rate
-            int8_floor = ((flops["backbone_fpn"] + flops["rpn"]) / (ceiling["int8_gops"] * 1e9)
+            int8_floor = ((flops["backbone_fpn"] + flops["rpn"]) / (ceiling["int8_ceiling_gops"] * 1e9)
                           + (flops["total"] - flops["backbone_fpn"] - flops["rpn"]) / (ceiling["ceiling_gflops"] * 1e9)
-                          if ceiling.get("int8_gops") else None)
+                          if ceiling.get("int8_ceiling_gops") else None)
             for t in results[n]["timings"]:
                 t["achieved_gflops"] = flops["total"] * t["model_images_per_s"] / 1e9
                 t["fraction_of_ceiling"] = t["achieved_gflops"] / ceiling["ceiling_gflops"]
