@@ -114,7 +114,7 @@ class FeatureLayout:
 def probe_features(model: nn.Module, geometry: InputGeometry) -> FeatureLayout:
     """Run the backbone once on zeros to learn the FPN sizes; build anchors and pooler scales."""
     hp, wp = geometry.padded_size
-    dummy = torch.zeros(1, 3, hp, wp)
+    dummy = torch.zeros(1, 3, hp, wp, device=next(model.parameters()).device)  # the model may be on a GPU
     with torch.no_grad():
         features = model.backbone(dummy)
         maps = list(features.values())
