@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.backends import BackendProcess, BackendSpec
-from benchmarks.bench_data import ImageSet, decode_all, load_image_set
+from benchmarks.bench_data import N_CALIB, ImageSet, decode_all, load_image_set
 from benchmarks.bench_quality import DET_IOU, DET_MATCH_MIN, TOL, parity, quality, sep_quality
 from benchmarks.report import environment, write_report
 from clumpdet.engine.metrics import Detections
@@ -162,7 +162,7 @@ def run_bench(images: ImageSet, preset, *, checkpoint: str | None = None, batch_
         in the same rounds, so that the ratio between presets is measured side by side.
     """
     from benchmarks.bench_models import prepare
-    from benchmarks.ceiling import GemmProbe, gemm_ceiling, int8_gemm_rate
+    from benchmarks.ceiling import GemmProbe, gemm_ceiling
     from benchmarks.flops import count_flops
     from clumpdet.train.presets import get_preset
 
@@ -226,7 +226,6 @@ def run_bench(images: ImageSet, preset, *, checkpoint: str | None = None, batch_
             sep = sep_quality(images.fits_paths, images.truths, n_boot)
         # 2. the ceiling and FLOPs, in the same run
         first = gemm_ceiling(ceiling_n, repeats=max(3, repeats), threads=threads)
-        first.update({k: v for k, v in int8_gemm_rate(ceiling_n, max(3, repeats), threads).items() if k != "n"})
         probe = GemmProbe(ceiling_n, threads=threads)
         flops = count_flops(models.model, preset)
         # 3. warm up, then interleaved repeats (rotate the order each round)
@@ -345,8 +344,6 @@ def default_data(n_images: int) -> str:
     """:data:`DEFAULT_IMAGES` if it exists, else :data:`FALLBACK_IMAGES`, simulated if it lacks images."""
     if Path(DEFAULT_IMAGES).is_dir():
         return DEFAULT_IMAGES
-    from benchmarks.bench_data import N_CALIB
-
     need = n_images + N_CALIB
     ann = Path(FALLBACK_IMAGES) / "annotations.json"
     if not ann.is_file() or len(json.loads(ann.read_text())["images"]) < need:

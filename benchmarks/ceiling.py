@@ -6,7 +6,7 @@ onnxruntime (MLAS, which also runs the engine's convolutions), with one warm-up
 and the median of ``repeats`` timed products. The largest of the three is the
 ceiling against which achieved FLOP/s are reported.
 
-The int8 ceiling (:func:`int8_gemm_rate`) is a ``MatMulInteger`` (uint8 x int8 ->
+The int8 ceiling is a ``MatMulInteger`` (uint8 x int8 ->
 int32, ``2 n^3`` integer operations) run by onnxruntime, i.e. the same MLAS
 kernels (AVX-512 VNNI where the CPU has it) as the engine's int8 models.
 
@@ -52,7 +52,8 @@ def gemm_ceiling(n: int = 2048, repeats: int = 5, threads: int | None = None, se
     -------
     dict
         ``n``, ``flop`` (``2 n^3``), ``numpy_gflops``, ``torch_gflops``,
-        ``ort_gflops``, ``ceiling_gflops`` (the largest), ``numpy_blas`` (BLAS name when numpy tells).
+        ``ort_gflops``, ``ceiling_gflops`` (the largest), ``int8_gops`` and ``kernel``
+        (onnxruntime's int8 GEMM; absent without onnx), ``numpy_blas`` (BLAS name when numpy tells).
     """
     if n < 1 or repeats < 1:
         msg = f"ceiling.py: n and repeats must be >= 1, got {n}, {repeats}"
@@ -78,12 +79,14 @@ def gemm_ceiling(n: int = 2048, repeats: int = 5, threads: int | None = None, se
         finally:
             torch.set_num_threads(saved)
     try:
-        ort_gemm = OrtGemm(n, threads, seed, kind="fp32")
+        gemms = {"ort_gflops": OrtGemm(n, threads, seed, kind="fp32"), "int8_gops": OrtGemm(n, threads, seed)}
     except ImportError:
         out["ort_gflops"] = None
     else:
-        ort_gemm.rate()
-        out["ort_gflops"] = statistics.median(ort_gemm.rate() for _ in range(repeats))
+        for key, gemm in gemms.items():
+            gemm.rate()  # warm-up
+            out[key] = statistics.median(gemm.rate() for _ in range(repeats))
+        out["kernel"] = "onnxruntime MatMulInteger u8 x s8 -> s32"
     out["ceiling_gflops"] = max(v for v in (out["numpy_gflops"], out["torch_gflops"], out["ort_gflops"])
                                 if v is not None)
     try:
@@ -133,14 +136,6 @@ class OrtGemm:
         t0 = time.perf_counter()
         self.session.run(None, {"a": self.a})
         return 2.0 * self.n**3 / (time.perf_counter() - t0) / 1e9
-
-
-def int8_gemm_rate(n: int = 2048, repeats: int = 5, threads: int | None = None) -> dict:
-    """Median int8 GEMM rate (onnxruntime ``MatMulInteger``, after one warm-up): ``{"n", "int8_gops"}``."""
-    gemm = OrtGemm(n, threads, kind="int8")
-    gemm.rate()
-    return {"n": n, "kernel": "onnxruntime MatMulInteger u8 x s8 -> s32",
-            "int8_gops": statistics.median(gemm.rate() for _ in range(repeats))}
 
 
 class GemmProbe:

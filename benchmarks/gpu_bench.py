@@ -6,7 +6,7 @@ random calibrated weights: speed only), on one CUDA device, in one run:
 ``torch-eager-fp32``
     :func:`clumpdet.train.predict.predict` with TF32 off: the parity reference on CUDA.
 ``torch-eager-tf32``
-    The same with PyTorch's default TF32 convolutions.
+    The same with TF32 convolutions and matmuls switched on.
 ``torch-fp16-backbone``
     The backbone + FPN under ``torch.autocast(float16)``, its maps cast back to
     float32; heads, box decoding and NMS in float32 (DESIGN §3).
@@ -130,7 +130,7 @@ def make_variant(name: str, model, preset):
         def call(x):
             with tf32_mode(True):
                 return predict(model, x, preset, tf32=True)
-        return call, "TF32 convolutions and matmuls (PyTorch's default)"
+        return call, "TF32 convolutions and matmuls"
     if name in ("torch-fp16-backbone", "torch-compile-backbone"):
         m = copy.deepcopy(model)
         m.backbone = _Fp16Backbone(m.backbone) if name == "torch-fp16-backbone" else torch.compile(

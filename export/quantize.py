@@ -2,8 +2,8 @@
 
 The feature extractor is quantised, plus the layers named by ``also`` (the CLI and
 the benchmark pass :data:`RECOMMENDED_ALSO`, the RPN's 3x3 convolution). The RPN's
-1x1 outputs, RoIAlign, box head, box decoding and every NMS stay float32: decoding works in input pixels (a 400 px
-coordinate has a 1.6 px step in int8 scale terms) and NMS compares IoUs, both of
+1x1 outputs, RoIAlign, box head, box decoding and every NMS stay float32:
+decoding works in input pixels (a 400 px coordinate has a 1.6 px step in int8 scale terms) and NMS compares IoUs, both of
 which int8 would corrupt for little gain. The quantised region is found from the
 graph structure, not from op names: a node belongs to the backbone if it consumes
 a weight whose initializer name starts with ``backbone.`` (the export wrapper's
@@ -58,8 +58,8 @@ METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.P
 TARGETS = ("cpu", "tensorrt")
 #: Layers outside the backbone that the CPU int8 export quantises too (``also``): the RPN's 3x3
 #: convolution, shared by every level (native: 24% of the FLOPs; int8 there took the engine from
-#: 1.52x to 2.13x float32 at |dC|, |dP| <= 0.004 on 100 simulated cutouts, one run). The box head is left in
-#: float32: quantising it made the run slower (QDQ overhead on a 100-row GEMM).
+#: 1.52x to 2.13x float32 at |dC|, |dP| <= 0.004 on 100 simulated cutouts, one run). The box head
+#: is left in float32: quantising it made the run slower (QDQ overhead on a 100-row GEMM).
 RECOMMENDED_ALSO = ("rpn.head.conv",)
 #: Appended to the ``clumpdet.exporter`` metadata value of a quantised model.
 INT8_NOTE = "+int8 QDQ backbone"
